@@ -1,0 +1,106 @@
+"""Registers ``Ckaad`` with anomalib the moment ``anomalib.models`` is imported.
+
+anomalib has no plugin entry points: its CLI resolves ``--model Ckaad`` among the ``AnomalibModule`` subclasses
+that are already imported, and ``anomalib.models.get_model`` looks names up in ``anomalib.models``. So the class
+must be imported, and attached to that module, before anything resolves a model name.
+
+The wheel ships ``ckaad_anomalib.pth`` into site-packages. Python runs it at start-up (for ``pip install .`` and
+``pip install -e .`` alike); it imports this module, which only appends a finder to ``sys.meta_path`` — no torch,
+no anomalib — so processes that never import anomalib pay one string comparison per import. When
+``anomalib.models`` is imported, the finder wraps its loader: after the module body has run, it imports
+:mod:`ckaad_anomalib.models`, which attaches ``Ckaad`` (see :func:`attach`). This is the post-import-hook pattern
+setuptools uses for ``_distutils_hack``.
+
+Without the hook (e.g. the ``.pth`` file was removed), ``import ckaad_anomalib.models`` does the same by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import logging
+import sys
+import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+
+logger = logging.getLogger(__name__)
+
+TARGET = "anomalib.models"
+# Module paths that ``get_model({"class_path": "<module>.Ckaad"})`` may import.
+ALLOWED_MODULE_PATHS = ("ckaad_anomalib", "ckaad_anomalib.models", "ckaad_anomalib.models.ckaad")
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """Delegates to the real loader of ``anomalib.models``, then registers CKAAD."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        try:
+            import ckaad_anomalib.models  # noqa: F401 - importing attaches Ckaad to `module`
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never break anomalib itself
+            warnings.warn(f"ckaad-anomalib could not register the Ckaad model: {exc!r}", stacklevel=2)
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - e.g. get_resource_reader, is_package
+        return getattr(self._loader, name)
+
+
+class AnomalibModelsFinder(importlib.abc.MetaPathFinder):
+    """Meta-path finder that intercepts only the import of ``anomalib.models``."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> ModuleSpec | None:
+        if fullname != TARGET:
+            return None
+        sys.meta_path.remove(self)  # one-shot; also keeps the lookup below from finding us again
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(fullname, path, target) if find_spec is not None else None
+            if spec is not None and spec.loader is not None:
+                spec.loader = _RegisteringLoader(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Install the finder once (idempotent); a no-op if ``anomalib.models`` is already imported."""
+    if TARGET in sys.modules:
+        import ckaad_anomalib.models  # noqa: F401
+
+        return
+    if not any(isinstance(finder, AnomalibModelsFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, AnomalibModelsFinder())
+
+
+def attach(model_class: type) -> None:
+    """Make ``model_class`` reachable the ways anomalib looks models up.
+
+    Args:
+        model_class: The ``AnomalibModule`` subclass to expose (``Ckaad``).
+    """
+    # From sys.modules: while the hook runs, `anomalib.models` is not yet an attribute of `anomalib`.
+    module = sys.modules.get(TARGET) or importlib.import_module(TARGET)
+    name = model_class.__name__
+    setattr(module, name, model_class)
+    if name not in module.__all__:
+        module.__all__.append(name)
+    allowed = getattr(module, "ALLOWED_MODULES", None)
+    if isinstance(allowed, set):
+        allowed.update(ALLOWED_MODULE_PATHS)
+
+
+install()

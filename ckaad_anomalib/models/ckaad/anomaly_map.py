@@ -1,0 +1,77 @@
+"""Anomaly map and image score of CKAAD (the discriminator is not used at inference).
+
+``map = blur_σ(Σ_ℓ upsample_bilinear(1 − cos_channel(F_ℓ, AE_ℓ)))`` at input resolution; image score = mean of the
+``k`` largest map values (``score_mode="topk"``, the paper's default, k = 100) or of the whole map
+(``score_mode="mean"``, used for ISIC2018). All shapes are static, so the graph exports with ``torch.export``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+import torch
+from anomalib.models.components import GaussianBlur2d
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+
+class ScoreMode(StrEnum):
+    """How the image score is pooled from the anomaly map."""
+
+    TOPK = "topk"
+    MEAN = "mean"
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Turns features and reconstructions into a blurred per-pixel map.
+
+    Args:
+        sigma: Standard deviation of the Gaussian blur (kernel size ``2·⌊4σ+0.5⌋+1``).
+
+    Example:
+        >>> gen = AnomalyMapGenerator(sigma=4)
+        >>> f = [torch.randn(2, 8, 8, 8)]
+        >>> gen(f, f, (32, 32)).abs().max() < 1e-5
+        tensor(True)
+    """
+
+    def __init__(self, sigma: float = 4.0) -> None:
+        super().__init__()
+        self.blur = GaussianBlur2d(sigma=sigma, channels=1)
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> torch.Tensor:
+        """Return the anomaly map of shape ``(N, 1, H, W)`` with ``(H, W) = image_size``."""
+        maps = [
+            F.interpolate(
+                (1 - F.cosine_similarity(f, r, dim=1)).unsqueeze(1),
+                size=image_size,
+                mode="bilinear",
+                align_corners=False,
+            )
+            for f, r in zip(features, reconstructions, strict=True)
+        ]
+        return self.blur(torch.stack(maps).sum(0))
+
+
+def image_score(anomaly_map: torch.Tensor, mode: ScoreMode | str = ScoreMode.TOPK, top_k: int = 100) -> torch.Tensor:
+    """Pool an ``(N, 1, H, W)`` map into ``(N,)`` scores.
+
+    Args:
+        anomaly_map: Anomaly maps.
+        mode: ``"topk"``: mean of the ``top_k`` largest values (all values if the map is smaller);
+            ``"mean"``: mean of the whole map.
+        top_k: ``k`` for ``"topk"``.
+
+    Returns:
+        Image scores.
+    """
+    flat = anomaly_map.flatten(1)
+    if ScoreMode(mode) == ScoreMode.MEAN:
+        return flat.mean(1)
+    return flat.topk(min(top_k, flat.shape[1]), dim=1).values.mean(1)

