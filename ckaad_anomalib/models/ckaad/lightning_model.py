@@ -81,6 +81,10 @@ class Ckaad(AnomalibModule):
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
+        max_epochs: Opt-in epoch count handed to the trainer (``None``: the trainer's own setting stands). For
+            runners that take no trainer arguments, such as an ``anomalib benchmark`` grid, whose Engine would
+            otherwise train for Lightning's default of 1000 epochs. Set it, and the Engine logs that it overrides
+            ``trainer.max_epochs``.
         pre_processor: Pre-processor, or ``True`` for Resize(256) + the backbone's own normalisation.
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag.
@@ -106,6 +110,7 @@ class Ckaad(AnomalibModule):
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
+        max_epochs: int | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -137,6 +142,10 @@ class Ckaad(AnomalibModule):
             top_k=top_k,
             score_mode=score_mode,
         )
+        if max_epochs is not None and max_epochs < 1:
+            msg = f"max_epochs must be >= 1 or None, got {max_epochs}."
+            raise ValueError(msg)
+        self.max_epochs = max_epochs
         self._batches_without_normals = 0
 
     @classmethod
@@ -241,8 +250,8 @@ class Ckaad(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """None: Ckaad overrides no trainer argument the user passes (gradient clipping is done per optimiser)."""
-        return {}
+        """Only what the user asked the model for: ``max_epochs`` if set (clipping is done per optimiser)."""
+        return {} if self.max_epochs is None else {"max_epochs": self.max_epochs}
 
     @property
     def learning_type(self) -> LearningType:

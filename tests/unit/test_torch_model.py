@@ -1,0 +1,98 @@
+"""CkaadModel: modes, discriminator isolation, export, backbone-derived layout, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from ckaad_anomalib.models.ckaad.torch_model import CkaadModel, TrainOutput
+
+RESNET18 = {"backbone": "resnet18", "layers": ["layer2", "layer3"], "pre_trained": False}
+
+
+@pytest.fixture
+def model(seeded: None) -> CkaadModel:
+    return CkaadModel(**RESNET18, input_size=(64, 64), discriminator="both")
+
+
+def test_train_mode_returns_features_and_reconstructions(model: CkaadModel) -> None:
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert isinstance(out, TrainOutput)
+    assert [tuple(f.shape) for f in out.features] == [(2, 128, 8, 8), (2, 256, 4, 4)]
+    assert [r.shape for r in out.reconstructions] == [f.shape for f in out.features]
+
+
+def test_eval_returns_inference_batch_without_touching_discriminator(model: CkaadModel) -> None:
+    calls: list[str] = []
+    for d in model.discriminator_modules:
+        d.register_forward_hook(lambda *_: calls.append("D"))
+    model.eval()
+    out = model(torch.randn(3, 3, 64, 64))
+    assert isinstance(out, InferenceBatch)
+    assert out.pred_score.shape == (3,)
+    assert out.anomaly_map.shape == (3, 1, 64, 64)
+    assert calls == []
+
+
+def test_extractor_frozen_and_in_eval_mode(model: CkaadModel) -> None:
+    model.train()
+    model(torch.randn(2, 3, 64, 64))
+    assert not any(p.requires_grad for p in model.extractor.parameters())
+    assert not model.extractor.feature_extractor.training  # BN statistics stay fixed
+
+
+def test_layout_read_from_backbone() -> None:
+    lite = CkaadModel("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], (64, 64), pre_trained=False)
+    assert list(lite.extractor.out_dims) == [40, 112]
+    assert lite.patch_discriminator is not None
+    assert [h.net[0].in_channels for h in lite.patch_discriminator.heads] == [40, 112]
+    recon = CkaadModel(**RESNET18, input_size=(64, 64), discriminator=None)
+    assert recon.discriminator_modules == []
+
+
+def test_inference_path_exports_with_torch_export(model: CkaadModel) -> None:
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(model, (x,))
+    exported = program.module()(x)
+    eager = model(x)
+    torch.testing.assert_close(exported.anomaly_map, eager.anomaly_map)
+    torch.testing.assert_close(exported.pred_score, eager.pred_score)
+    # torch.export keeps every parameter of the module as an input; D's inputs must feed no operation
+    to_param = program.graph_signature.inputs_to_parameters
+    used = {to_param[n.name] for n in program.graph.nodes if n.op == "placeholder" and n.name in to_param and n.users}
+    assert any(name.startswith("autoencoder.") for name in used)
+    assert not any("discriminator" in name for name in used)
+
+
+def test_unknown_layer_names_stages() -> None:
+    with pytest.raises(ValueError, match=r"layer9.*stages are \['act1', 'layer1', 'layer2', 'layer3', 'layer4'\]"):
+        CkaadModel("resnet18", ["layer2", "layer9"], (64, 64), pre_trained=False)
+
+
+def test_input_size_must_fit_the_latent() -> None:
+    with pytest.raises(ValueError, match="multiple of 32 and at least 64"):
+        CkaadModel(**RESNET18, input_size=(48, 48))
+    with pytest.raises(ValueError, match="top_k"):
+        CkaadModel(**RESNET18, input_size=(64, 64), top_k=0)
+    with pytest.raises(ValueError, match="'pixel' is not a valid DiscriminatorType"):
+        CkaadModel(**RESNET18, input_size=(64, 64), discriminator="pixel")
+
+
+def test_missing_pretrained_weights_say_how_to_provide_them_offline() -> None:
+    code = (
+        "from ckaad_anomalib.models.ckaad.torch_model import CkaadModel\n"
+        "CkaadModel('resnet18', ['layer2', 'layer3'], (64, 64), pre_trained=True)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode != 0
+    assert "RuntimeError: Pretrained weights for backbone 'resnet18' could not be loaded" in proc.stderr
+    assert "HF_HUB_OFFLINE=1" in proc.stderr
+    assert "ckaad-weights" in proc.stderr
