@@ -1,15 +1,15 @@
-"""Registers ``Ckaad`` with anomalib the moment ``anomalib.models`` is imported.
+"""Registers ckaad-anomalib's model and datamodules with anomalib the moment ``anomalib.models`` is imported.
 
-anomalib has no plugin entry points: its CLI resolves ``--model Ckaad`` among the ``AnomalibModule`` subclasses
-that are already imported, and ``anomalib.models.get_model`` looks names up in ``anomalib.models``. So the class
-must be imported, and attached to that module, before anything resolves a model name.
+anomalib has no plugin entry points. Its CLI resolves ``--model Ckaad`` / ``--data ELPV`` among the subclasses that
+are already imported. ``anomalib.models.get_model`` looks names up in ``anomalib.models``. So the classes must be
+imported, and attached to those modules, before anything resolves a name.
 
 The wheel ships ``ckaad_anomalib.pth`` into site-packages. Python runs it at start-up (for ``pip install .`` and
-``pip install -e .`` alike); it imports this module, which only appends a finder to ``sys.meta_path`` — no torch,
-no anomalib — so processes that never import anomalib pay one string comparison per import. When
-``anomalib.models`` is imported, the finder wraps its loader: after the module body has run, it imports
-:mod:`ckaad_anomalib.models`, which attaches ``Ckaad`` (see :func:`attach`). This is the post-import-hook pattern
-setuptools uses for ``_distutils_hack``.
+``pip install -e .`` alike), and it imports this module. This module only appends a finder to ``sys.meta_path``:
+no torch, no anomalib. Processes that never import anomalib pay one string comparison per import. When
+``anomalib.models`` is imported, the finder wraps its loader. After the module body has run, it imports
+:mod:`ckaad_anomalib.models` and :mod:`ckaad_anomalib.data`, which attach ``Ckaad`` and the datamodules (see
+:func:`attach`). This is the post-import-hook pattern that setuptools uses for ``_distutils_hack``.
 
 Without the hook (e.g. the ``.pth`` file was removed), ``import ckaad_anomalib.models`` does the same by hand.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
-import logging
 import sys
 import warnings
 from types import ModuleType
@@ -28,15 +27,19 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from importlib.machinery import ModuleSpec
 
-logger = logging.getLogger(__name__)
-
 TARGET = "anomalib.models"
 # Module paths that ``get_model({"class_path": "<module>.Ckaad"})`` may import.
 ALLOWED_MODULE_PATHS = ("ckaad_anomalib", "ckaad_anomalib.models", "ckaad_anomalib.models.ckaad")
 
 
+def _register() -> None:
+    """Import the plugin packages; importing them attaches their classes to anomalib."""
+    import ckaad_anomalib.data
+    import ckaad_anomalib.models  # noqa: F401
+
+
 class _RegisteringLoader(importlib.abc.Loader):
-    """Delegates to the real loader of ``anomalib.models``, then registers CKAAD."""
+    """Delegates to the real loader of ``anomalib.models``, then registers the plugin."""
 
     def __init__(self, loader: importlib.abc.Loader) -> None:
         self._loader = loader
@@ -47,9 +50,9 @@ class _RegisteringLoader(importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
         try:
-            import ckaad_anomalib.models  # noqa: F401 - importing attaches Ckaad to `module`
+            _register()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must never break anomalib itself
-            warnings.warn(f"ckaad-anomalib could not register the Ckaad model: {exc!r}", stacklevel=2)
+            warnings.warn(f"ckaad-anomalib could not register with anomalib: {exc!r}", stacklevel=2)
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - e.g. get_resource_reader, is_package
         return getattr(self._loader, name)
@@ -77,27 +80,27 @@ class AnomalibModelsFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Install the finder once (idempotent); a no-op if ``anomalib.models`` is already imported."""
+    """Install the finder once (idempotent); registers at once if ``anomalib.models`` is already imported."""
     if TARGET in sys.modules:
-        import ckaad_anomalib.models  # noqa: F401
-
+        _register()
         return
     if not any(isinstance(finder, AnomalibModelsFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, AnomalibModelsFinder())
 
 
-def attach(model_class: type) -> None:
-    """Make ``model_class`` reachable the ways anomalib looks models up.
+def attach(classes: Sequence[type], target: str = TARGET) -> None:
+    """Make ``classes`` reachable the ways anomalib looks names up (``get_model``, ``class_path: Name``).
 
     Args:
-        model_class: The ``AnomalibModule`` subclass to expose (``Ckaad``).
+        classes: ``AnomalibModule`` or ``AnomalibDataModule`` subclasses to expose.
+        target: The anomalib module to attach them to (``anomalib.models`` or ``anomalib.data``).
     """
     # From sys.modules: while the hook runs, `anomalib.models` is not yet an attribute of `anomalib`.
-    module = sys.modules.get(TARGET) or importlib.import_module(TARGET)
-    name = model_class.__name__
-    setattr(module, name, model_class)
-    if name not in module.__all__:
-        module.__all__.append(name)
+    module = sys.modules.get(target) or importlib.import_module(target)
+    for cls in classes:
+        setattr(module, cls.__name__, cls)
+        if cls.__name__ not in module.__all__:
+            module.__all__.append(cls.__name__)
     allowed = getattr(module, "ALLOWED_MODULES", None)
     if isinstance(allowed, set):
         allowed.update(ALLOWED_MODULE_PATHS)

@@ -42,10 +42,8 @@ def small_ckaad(**kwargs: object) -> torch.nn.Module:
     """A Ckaad on 64×64 inputs (lite0 pretrained unless overridden)."""
     from ckaad_anomalib import Ckaad
 
-    args: dict[str, object] = {"backbone": LITE0, "layers": LITE0_LAYERS, "lr": 1e-3}
+    args: dict[str, object] = {"backbone": LITE0, "layers": LITE0_LAYERS, "lr": 1e-3, "image_size": SMALL}
     args.update(kwargs)
-    backbone = str(args["backbone"])
-    args.setdefault("pre_processor", Ckaad.configure_pre_processor(image_size=SMALL, backbone=backbone))
     return Ckaad(**args)  # type: ignore[arg-type]
 
 

@@ -8,6 +8,6 @@ from ckaad_anomalib._hook import attach
 
 from .ckaad import Ckaad, CkaadLoss, CkaadModel
 
-attach(Ckaad)
+attach([Ckaad])
 
 __all__ = ["Ckaad", "CkaadLoss", "CkaadModel"]

@@ -85,7 +85,9 @@ class Ckaad(AnomalibModule):
             runners that take no trainer arguments, such as an ``anomalib benchmark`` grid, whose Engine would
             otherwise train for Lightning's default of 1000 epochs. Set it, and the Engine logs that it overrides
             ``trainer.max_epochs``.
-        pre_processor: Pre-processor, or ``True`` for Resize(256) + the backbone's own normalisation.
+        image_size: Input size ``(H, W)`` of the default pre-processor (paper: 256×256). Ignored when a
+            pre-processor instance is given.
+        pre_processor: Pre-processor, or ``True`` for Resize(``image_size``) + the backbone's own normalisation.
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag.
         visualizer: Visualizer or flag.
@@ -111,13 +113,16 @@ class Ckaad(AnomalibModule):
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
         max_epochs: int | None = None,
+        image_size: tuple[int, int] = (256, 256),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(backbone=backbone)
+            pre_processor = self.configure_pre_processor(
+                image_size=(int(image_size[0]), int(image_size[1])), backbone=backbone
+            )
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
