@@ -1,0 +1,190 @@
+"""CoarseAnomalyDataModule on generated trees: every source, no leakage, seeds, the written file list."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from anomalib.data import BMAD, Folder, MVTecAD
+from anomalib.engine import Engine
+
+from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule
+from ckaad_anomalib.data.coarse import COARSE_LIST
+from tests import trees
+from tests.conftest import small_ckaad
+
+
+def _mvtec(root: Path, **kwargs: object) -> MVTecAD:
+    return MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=8, num_workers=0, **kwargs)
+
+
+def _keys(dataset: object) -> set[str]:
+    return {str(Path(p).resolve()) for p in dataset.samples.image_path}  # type: ignore[attr-defined]
+
+
+def _setup(dm: CoarseAnomalyDataModule) -> CoarseAnomalyDataModule:
+    dm.setup("fit")
+    return dm
+
+
+def test_dataset_source_draws_k_classes_and_never_leaks(mvtec_root: Path) -> None:
+    dm = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="dataset", ratio=0.2, num_classes=1, seed=0))
+    coarse = set(dm.coarse_samples.image_path.map(lambda p: str(Path(p).resolve())))
+    assert len(coarse) == 3  # round(12 / 0.8 − 12)
+    assert dm.coarse_samples.label.nunique() == 1
+    assert not coarse & _keys(dm.val_data)
+    assert not coarse & _keys(dm.test_data)
+    assert not _keys(dm.val_data) & _keys(dm.test_data)  # validation is not the test split
+    # all images of the dataset are still accounted for
+    total = len(dm.val_data) + len(dm.test_data) + len(coarse)
+    assert total == 4 + 2 * 3
+
+
+def test_same_seed_same_files_other_seed_other_split(mvtec_root: Path) -> None:
+    def pick(seed: int) -> list[str]:
+        dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=seed)
+        return sorted(_setup(dm).coarse_samples.image_path)
+
+    assert pick(0) == pick(0)
+    assert len({tuple(pick(s)) for s in range(6)}) > 1
+
+
+def test_classes_by_name_and_clear_errors(mvtec_root: Path) -> None:
+    dm = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, classes=["stain"]))
+    assert set(dm.coarse_samples.label) == {"stain"}
+    with pytest.raises(ValueError, match=r"classes \['dent'\] not found.*\['scratch', 'stain'\]"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), classes=["dent"]))
+    with pytest.raises(ValueError, match=r"asks for 12 coarse anomalies.*hold only 3"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.5))
+    with pytest.raises(ValueError, match="num_classes=3"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), num_classes=3))
+    with pytest.raises(ValueError, match="source='folder' needs `folder`"):
+        CoarseAnomalyDataModule(_mvtec(mvtec_root), source="folder")
+
+
+def test_training_batches_carry_labelled_anomalies_without_masks(mvtec_root: Path) -> None:
+    dm = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0))
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3  # 12 normals / 4
+    for batch in batches:
+        assert batch.gt_label.tolist() == [0, 0, 0, 0, 1, 1, 1]
+        assert batch.gt_mask is None
+    val = next(iter(dm.val_dataloader()))
+    assert val.gt_mask is not None  # evaluation keeps its masks
+
+
+def test_folder_source_with_copies_in_test_and_stray_files(
+    mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "my_defects"
+    folder.mkdir()
+    for path in sorted((mvtec_root / "brick" / "test" / "scratch").glob("*.png"))[:2]:
+        shutil.copy(path, folder / path.name)
+    trees.write_image(folder / "extra.jpg", seed=1, grey=False)
+    (folder / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.INFO):
+        dm = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="folder", folder=folder))
+    assert len(dm.coarse_samples) == 3
+    assert "skipped 1 non-image file(s)" in caplog.text
+    assert "notes.txt" in caplog.text
+    # the copies are different files, so only files *at* the same path are removed; nothing leaks by path
+    assert not set(dm.coarse_samples.image_path.map(lambda p: str(Path(p).resolve()))) & _keys(dm.test_data)
+
+
+def test_folder_pointing_into_the_test_set_removes_those_images(mvtec_root: Path) -> None:
+    folder = mvtec_root / "brick" / "test" / "stain"
+    dm = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="folder", folder=folder))
+    assert len(dm.coarse_samples) == 3
+    assert not any("stain" in p for p in dm.test_data.samples.image_path)
+    assert not any("stain" in p for p in dm.val_data.samples.image_path)
+
+
+def test_folder_errors(mvtec_root: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="folder", folder=empty))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"bad\.png is not a readable image"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="folder", folder=broken))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="folder", folder=tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("kinds", [["elastic"], ["perlin"], ["cutpaste"], ["elastic", "perlin", "cutpaste"]])
+def test_synthetic_source(mvtec_root: Path, kinds: list[str]) -> None:
+    dm = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="synthetic", synthetic=kinds))
+    assert len(dm.coarse_data) == len(dm.train_data) == 12  # type: ignore[arg-type]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.gt_label.tolist() == [0] * 4 + [1] * 4
+    assert torch.isfinite(batch.image).all()
+    assert batch.image.min() >= 0
+    assert batch.image.max() <= 1
+    with pytest.raises(ValueError, match="unknown synthetic kinds"):
+        _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), source="synthetic", synthetic=["blur"]))  # type: ignore[list-item]
+
+
+def test_anomalib_folder_datamodule(mvtec_root: Path) -> None:
+    folder = Folder(
+        name="bricks",
+        root=mvtec_root / "brick",
+        normal_dir="train/good",
+        abnormal_dir=["test/scratch", "test/stain"],
+        normal_test_dir="test/good",
+        train_batch_size=4,
+        num_workers=0,
+        seed=0,
+    )
+    dm = _setup(CoarseAnomalyDataModule(folder, ratio=0.2, seed=0))
+    assert len(dm.coarse_samples) == 3
+    assert not set(dm.coarse_samples.image_path) & set(dm.test_data.samples.image_path)
+    assert not set(dm.coarse_samples.image_path) & set(dm.val_data.samples.image_path)
+
+
+def test_anomalib_bmad_datamodule(tmp_path: Path) -> None:
+    root = trees.bmad(tmp_path / "BMAD", n=8)
+    bmad = BMAD(root=root, category="Brain", train_batch_size=4, num_workers=0)
+    dm = _setup(CoarseAnomalyDataModule(bmad, ratio=0.2, seed=0))
+    assert len(dm.coarse_samples) == 2  # round(8 / 0.8 − 8)
+    assert set(dm.coarse_samples.label) == {"Ungood"}
+    coarse = set(dm.coarse_samples.image_path)
+    assert not coarse & set(dm.val_data.samples.image_path)  # BMAD's own valid split, minus the coarse images
+    assert not coarse & set(dm.test_data.samples.image_path)
+    assert len(dm.val_data) + len(dm.test_data) == 16 - 2
+
+
+def test_elpv_draws_from_its_training_pool(tmp_path: Path) -> None:
+    elpv = ELPV(root=trees.elpv(tmp_path / "elpv", per_class=20), module_type="mono", num_workers=0)
+    dm = _setup(CoarseAnomalyDataModule(elpv, ratio=0.2, seed=0))
+    assert len(dm.coarse_samples) == round(len(dm.train_data) / 0.8 - len(dm.train_data))
+    coarse = set(dm.coarse_samples.image_path)
+    assert coarse <= set(elpv.coarse_pool.samples.image_path)  # type: ignore[union-attr]
+    assert not coarse & (set(dm.val_data.samples.image_path) | set(dm.test_data.samples.image_path))
+    assert len(dm.test_data) == len(elpv.test_data)  # the test set is untouched
+
+
+@pytest.mark.slow
+def test_engine_trains_ckaad_on_coarse_batches_and_writes_the_list(
+    mvtec_root: Path, lite0_weights: Path, tmp_path: Path
+) -> None:
+    del lite0_weights
+    torch.manual_seed(0)
+    model = small_ckaad()
+    assert model.model.patch_discriminator is not None
+    d_before = [p.detach().clone() for p in model.model.patch_discriminator.parameters()]
+    dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0)
+    engine = Engine(default_root_dir=tmp_path, max_epochs=1, accelerator="cpu", logger=False)
+    engine.fit(model, datamodule=dm)
+    d_after = list(model.model.patch_discriminator.parameters())
+    assert any(not torch.equal(b, a) for b, a in zip(d_before, d_after, strict=True))  # D stepped on x⁻
+    written = pd.read_csv(Path(engine.trainer.default_root_dir) / COARSE_LIST)  # the run's results folder
+    assert Path(engine.trainer.default_root_dir).is_relative_to(tmp_path)
+    assert sorted(written.image_path) == sorted(dm.coarse_samples.image_path)
+    results = engine.test(model, datamodule=dm)[0]
+    assert 0 <= results["image_AUROC"] <= 1
