@@ -61,9 +61,12 @@ def test_train_test_predict_export(mvtec_root: Path, lite0_weights: Path, tmp_pa
     written = list(tmp_path.glob("results/Ckaad/latest/images/**/*.png"))
     assert len(written) >= len(list(images.glob("*.png")))
 
-    export = run_cli(["anomalib", "export", *MODEL, "--ckpt_path", str(ckpt), "--export_type", "torch"], tmp_path)
-    assert export.returncode == 0, export.stderr[-3000:]
-    assert (tmp_path / "results" / "weights" / "torch" / "model.pt").is_file()
+    for export_type, file in (("torch", "model.pt"), ("onnx", "model.onnx"), ("openvino", "model.xml")):
+        export = run_cli(
+            ["anomalib", "export", *MODEL, "--ckpt_path", str(ckpt), "--export_type", export_type], tmp_path
+        )
+        assert export.returncode == 0, export.stderr[-3000:]
+        assert (tmp_path / "results" / "weights" / export_type / file).is_file()
 
 
 def test_fit_from_yaml_with_class_path(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:

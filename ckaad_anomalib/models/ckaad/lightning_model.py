@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import AnomalibDataModule, Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -40,6 +41,7 @@ from .torch_model import CkaadModel, TrainOutput
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "wide_resnet50_2"
+CALIBRATION_IMAGES = 300  # NNCF's default subset size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -252,6 +254,48 @@ class Ckaad(AnomalibModule):
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def to_torch(self, *args, **kwargs) -> Path:
+        """Export for torch (anomalib's format), without the training-only discriminator weights."""
+        with self.model.inference_only():
+            return super().to_torch(*args, **kwargs)
+
+    def to_onnx(self, *args, **kwargs) -> Path:  # type: ignore[override]  # as anomalib's export mixin
+        """Export to ONNX (anomalib's; also the first step of OpenVINO export), without discriminator weights."""
+        with self.model.inference_only():
+            return super().to_onnx(*args, **kwargs)
+
+    @staticmethod
+    def _post_training_quantization_ov(model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401
+        """INT8 post-training quantisation (NNCF) calibrated on *normal training images* only.
+
+        anomalib calibrates on the validation split, which holds anomalies; CKAAD's activations are calibrated on
+        what the model was trained to reconstruct. Coarse anomalies of a
+        :class:`~ckaad_anomalib.data.CoarseAnomalyDataModule` are not used either.
+
+        Args:
+            model: OpenVINO model (its graph includes pre-processing, so raw [0, 1] images go in).
+            datamodule: Datamodule whose ``train_data`` holds the normal images.
+
+        Returns:
+            The quantised OpenVINO model.
+        """
+        import nncf
+        from torch.utils.data import DataLoader
+
+        if datamodule is None:
+            msg = "INT8_PTQ export of Ckaad calibrates on normal training images: pass the datamodule (--data ...)."
+            raise ValueError(msg)
+        datamodule.setup("fit")
+        normal = datamodule.train_data
+        # batch 1: images of different sizes need no resize here (the graph resizes them)
+        loader = DataLoader(normal, batch_size=1, shuffle=False, collate_fn=normal.collate_fn)
+        logger.info("INT8 calibration on %d normal training images.", min(len(normal), CALIBRATION_IMAGES))
+        return nncf.quantize(
+            model,
+            nncf.Dataset(loader, lambda batch: batch.image.numpy()),
+            subset_size=min(len(normal), CALIBRATION_IMAGES),
+        )
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

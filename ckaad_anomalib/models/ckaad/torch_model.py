@@ -7,7 +7,8 @@ exported graph holds extractor + auto-encoder + map/score only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -146,6 +147,16 @@ class CkaadModel(nn.Module):
             else None
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
+
+    @contextmanager
+    def inference_only(self) -> Iterator[CkaadModel]:
+        """Temporarily drop the discriminators (training-only) so exports carry none of their weights."""
+        saved = self.patch_discriminator, self.image_discriminator
+        self.patch_discriminator = self.image_discriminator = None
+        try:
+            yield self
+        finally:
+            self.patch_discriminator, self.image_discriminator = saved
 
     @property
     def discriminator_modules(self) -> list[nn.Module]:

@@ -1,0 +1,305 @@
+"""Torch-free edge inference of an exported CKAAD (or any anomalib) OpenVINO model.
+
+Needs only ``openvino``, ``numpy`` and ``pillow`` at run time. The exported graph holds anomalib's pre-processing
+(resize, normalisation) and post-processing (normalised score, threshold at 0.5), so images go in as RGB in [0, 1]
+at any size. This file imports nothing else from the package: copy it to a line-side PC as it is.
+
+Command line::
+
+    ckaad-infer results/weights/openvino/model.xml images/ --out scores.csv --heatmaps heatmaps/
+
+Python::
+
+    detector = EdgeDetector("model.xml")
+    for result in detector.predict_paths(["a.png", "b.png"]):
+        print(result.path, result.score, result.label)
+
+Precision: OpenVINO's CPU plugin runs in bfloat16 by default on CPUs that support it (e.g. AVX512-BF16/AMX), which
+moves anomaly maps by ~1e-2. ``precision="f32"`` (the default here) keeps results faithful to the trained model;
+``"bf16"`` is an explicit speed option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+@dataclass
+class EdgeResult:
+    """Prediction for one image."""
+
+    path: str
+    score: float
+    label: bool
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class Skipped:
+    """An input that could not be scored, and why."""
+
+    path: str
+    reason: str
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 RGB ``(3, H, W)`` in [0, 1] (grayscale is replicated to 3 channels).
+
+    Raises:
+        ValueError: If the file is not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        msg = f"{path}: not a readable image ({exc.__class__.__name__})"
+        raise ValueError(msg) from exc
+    return rgb.transpose(2, 0, 1)
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files.
+
+    Raises:
+        FileNotFoundError: If an input does not exist.
+        ValueError: If a folder holds no images, or nothing was given.
+    """
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                msg = f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})."
+                raise ValueError(msg)
+            found += images
+        elif item.is_file():
+            found.append(item)
+        else:
+            msg = f"input {item} does not exist."
+            raise FileNotFoundError(msg)
+    if not found:
+        msg = "no input images given."
+        raise ValueError(msg)
+    return found
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend a red-yellow rendering of ``anomaly_map`` (normalised, 0.5 = threshold) over ``image`` (3, H, W).
+
+    Args:
+        image: The input image in [0, 1].
+        anomaly_map: The model's normalised map, any resolution.
+        alpha: Weight of the heat map.
+
+    Returns:
+        The overlay at the image's resolution.
+    """
+    height, width = image.shape[1:]
+    amap = np.clip(np.squeeze(anomaly_map).astype(np.float32), 0.0, 1.0)
+    amap = np.asarray(Image.fromarray(amap).resize((width, height), Image.Resampling.BILINEAR))
+    heat = np.stack([np.clip(2 * amap, 0, 1), np.clip(2 * amap - 1, 0, 1), np.zeros_like(amap)], axis=-1)
+    blended = (1 - alpha) * image.transpose(1, 2, 0) + alpha * heat
+    return Image.fromarray((np.clip(blended, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+class EdgeDetector:
+    """An exported OpenVINO anomaly model, compiled for one device.
+
+    Args:
+        model_path: The exported ``model.xml`` (with its ``model.bin`` beside it) or an ``.onnx`` file.
+        device: OpenVINO device (``"CPU"``, ``"GPU"``, ...).
+        precision: Inference precision hint: ``"f32"`` (faithful, default), ``"bf16"`` or ``"f16"``.
+        batch_size: Images per inference request (images of different sizes are never batched together).
+
+    Raises:
+        FileNotFoundError: If the model files are missing.
+        ValueError: If the file is not an exported anomaly model.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "CPU",
+        precision: str = "f32",
+        batch_size: int = 1,
+    ) -> None:
+        import openvino as ov
+
+        path = Path(model_path)
+        if path.suffix not in {".xml", ".onnx"}:
+            msg = f"{path}: expected an OpenVINO model.xml (or .onnx) from `anomalib export --export_type openvino`."
+            raise ValueError(msg)
+        if not path.is_file():
+            msg = f"model file {path} does not exist."
+            raise FileNotFoundError(msg)
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            msg = f"{path.with_suffix('.bin')} (the weights of {path.name}) is missing: copy it next to the .xml."
+            raise FileNotFoundError(msg)
+        if precision not in PRECISIONS:
+            msg = f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}."
+            raise ValueError(msg)
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}."
+            raise ValueError(msg)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as exc:
+            msg = f"{path}: OpenVINO cannot read this model ({str(exc).splitlines()[0]})."
+            raise ValueError(msg) from exc
+        names = {name for output in model.outputs for name in output.get_names()}
+        if not {"pred_score", "anomaly_map"} <= names:
+            msg = f"{path}: not an anomalib export (outputs {sorted(names)}, expected pred_score and anomaly_map)."
+            raise ValueError(msg)
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision]} if device == "CPU" else {}
+        self.compiled = core.compile_model(model, device, config)
+        self.batch_size = batch_size
+        self._outputs = {name: output for output in self.compiled.outputs for name in output.get_names()}
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch ``(N, 3, H, W)`` in [0, 1]; return every output by name."""
+        result = self.compiled(np.ascontiguousarray(batch, dtype=np.float32))
+        return {name: result[output] for name, output in self._outputs.items()}
+
+    def _batches(self, paths: Sequence[Path], skipped: list[Skipped]) -> Iterator[tuple[list[Path], np.ndarray]]:
+        pending: list[tuple[Path, np.ndarray]] = []
+        for path in paths:
+            try:
+                image = load_image(path)
+            except ValueError as exc:
+                skipped.append(Skipped(str(path), str(exc)))
+                continue
+            if pending and (len(pending) == self.batch_size or pending[0][1].shape != image.shape):
+                yield [p for p, _ in pending], np.stack([i for _, i in pending])
+                pending = []
+            pending.append((path, image))
+        if pending:
+            yield [p for p, _ in pending], np.stack([i for _, i in pending])
+
+    def predict_paths(
+        self,
+        paths: Iterable[str | Path],
+        skipped: list[Skipped] | None = None,
+        keep_maps: bool = False,
+        progress: TextIO | None = None,
+    ) -> Iterator[EdgeResult]:
+        """Score image files; unreadable ones are appended to ``skipped`` (with the reason) instead.
+
+        Args:
+            paths: Image files.
+            skipped: Collects the inputs that could not be read.
+            keep_maps: Keep each anomaly map in the results (for heat maps).
+            progress: Stream for a progress bar (e.g. ``sys.stderr``); ``None`` for none.
+
+        Yields:
+            One result per readable image, in input order.
+        """
+        files = [Path(p) for p in paths]
+        skipped = skipped if skipped is not None else []
+        done, start = 0, time.perf_counter()
+        for batch_paths, batch in self._batches(files, skipped):
+            out = self.infer(batch)
+            labels = out.get("pred_label", out["pred_score"] >= 0.5)
+            for i, path in enumerate(batch_paths):
+                yield EdgeResult(
+                    path=str(path),
+                    score=float(out["pred_score"].reshape(len(batch_paths))[i]),
+                    label=bool(np.asarray(labels).reshape(len(batch_paths))[i]),
+                    anomaly_map=out["anomaly_map"][i] if keep_maps else None,
+                )
+            done += len(batch_paths)
+            if progress is not None:
+                _progress(progress, done + len(skipped), len(files), time.perf_counter() - start)
+        if progress is not None:
+            progress.write("\n")
+
+
+def _progress(stream: TextIO, done: int, total: int, elapsed: float) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    rate = done / elapsed if elapsed > 0 else 0.0
+    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images  {rate:.1f} img/s")
+    stream.flush()
+
+
+def run(
+    model: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    heatmaps: str | Path | None = None,
+    device: str = "CPU",
+    precision: str = "f32",
+    batch_size: int = 1,
+    progress: TextIO | None = sys.stderr,
+) -> tuple[list[EdgeResult], list[Skipped]]:
+    """Score ``inputs`` (files and/or folders), write ``out`` as CSV (path, score, label) and optional overlays.
+
+    Returns:
+        The results and the skipped inputs.
+    """
+    detector = EdgeDetector(model, device=device, precision=precision, batch_size=batch_size)
+    paths = find_images(inputs)
+    skipped: list[Skipped] = []
+    heat_dir = Path(heatmaps) if heatmaps is not None else None
+    if heat_dir is not None:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    results: list[EdgeResult] = []
+    for result in detector.predict_paths(paths, skipped, keep_maps=heat_dir is not None, progress=progress):
+        if heat_dir is not None and result.anomaly_map is not None:
+            name = f"{len(results):05d}_{Path(result.path).stem}.png"
+            heatmap_overlay(load_image(result.path), result.anomaly_map).save(heat_dir / name)
+            result.anomaly_map = None
+        results.append(result)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "score", "label"])
+        for result in results:
+            writer.writerow([result.path, f"{result.score:.6f}", "anomalous" if result.label else "normal"])
+    return results, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``ckaad-infer``; returns the exit status (2 for bad input, 1 if images were skipped)."""
+    parser = argparse.ArgumentParser(description="Score images with an exported OpenVINO anomaly model (no torch).")
+    parser.add_argument("model", help="exported model.xml (with model.bin beside it) or model.onnx")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", default="scores.csv", help="CSV of path, score, label (default: scores.csv)")
+    parser.add_argument("--heatmaps", default=None, help="folder for heat-map overlays (default: none)")
+    parser.add_argument("--device", default="CPU")
+    parser.add_argument("--precision", default="f32", choices=sorted(PRECISIONS))
+    parser.add_argument("--batch-size", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        results, skipped = run(
+            args.model, args.inputs, args.out, args.heatmaps, args.device, args.precision, args.batch_size
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ckaad-infer: error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    anomalous = sum(r.label for r in results)
+    print(f"{len(results)} image(s) scored, {anomalous} anomalous, {len(skipped)} skipped -> {args.out}")  # noqa: T201
+    for item in skipped:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)  # noqa: T201
+    return 1 if skipped else 0
+
+
+def _cli() -> None:
+    sys.exit(main())
+
+
+__all__ = ["EdgeDetector", "EdgeResult", "Skipped", "find_images", "heatmap_overlay", "load_image", "main", "run"]

@@ -1,0 +1,133 @@
+"""Export to torch / ONNX / OpenVINO: no discriminator inside, same predictions as eager, INT8 on normal images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import CompressionType, ExportType
+from anomalib.engine import Engine
+from sklearn.metrics import roc_auc_score
+
+from ckaad_anomalib import Ckaad
+from ckaad_anomalib.deploy import EdgeDetector
+from ckaad_anomalib.deploy.openvino_infer import load_image
+from tests.conftest import small_ckaad
+
+pytestmark = pytest.mark.slow
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    # threshold chosen on a validation split disjoint from the test images the parity is measured on
+    return MVTecAD(
+        root=root,
+        category="brick",
+        train_batch_size=4,
+        eval_batch_size=8,
+        num_workers=0,
+        val_split_mode="from_test",
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(
+    mvtec_root: Path, lite0_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Ckaad, dict[str, Path]]:
+    del lite0_weights
+    torch.manual_seed(0)
+    model = small_ckaad()
+    root = tmp_path_factory.mktemp("export")
+    engine = Engine(default_root_dir=root, max_epochs=2, accelerator="cpu", logger=False)
+    engine.fit(model, datamodule=_datamodule(mvtec_root))
+    paths = {
+        kind.value: engine.export(model, kind, export_root=root / kind.value)
+        for kind in (ExportType.TORCH, ExportType.ONNX, ExportType.OPENVINO)
+    }
+    model.eval()
+    assert model.model.patch_discriminator is not None  # restored after export
+    return model, {k: Path(v) for k, v in paths.items() if v is not None}
+
+
+def _inference_params(model: Ckaad) -> int:
+    return sum(p.numel() for m in (model.model.extractor, model.model.autoencoder) for p in m.parameters())
+
+
+def test_exports_hold_no_discriminator_weights(exported: tuple[Ckaad, dict[str, Path]]) -> None:
+    model, paths = exported
+    d_params = sum(p.numel() for p in model.model.patch_discriminator.parameters())  # type: ignore[union-attr]
+    assert d_params > 0
+
+    torch_model = torch.load(paths["torch"], weights_only=False)["model"]
+    keys = torch_model.state_dict().keys()
+    assert not any("discriminator" in k for k in keys)
+    assert sum(p.numel() for p in torch_model.parameters()) == _inference_params(model)
+
+    # ONNX and OpenVINO keep parameter names: the auto-encoder's are there, no discriminator's
+    onnx_names = [init.name for init in onnx.load(str(paths["onnx"])).graph.initializer]
+    assert any("autoencoder" in name for name in onnx_names)
+    assert not any("discriminator" in name for name in onnx_names)
+    ov_names = [op.get_friendly_name() for op in ov.Core().read_model(str(paths["openvino"])).get_ops()]
+    assert any("autoencoder" in name for name in ov_names)
+    assert not any("discriminator" in name for name in ov_names)
+
+
+def _images(root: Path) -> tuple[list[Path], np.ndarray]:
+    """The test split's images (not the validation ones, on whose scores the threshold sits) and labels."""
+    datamodule = _datamodule(root)
+    datamodule.setup("test")
+    samples = datamodule.test_data.samples
+    return [Path(p) for p in samples.image_path], samples.label_index.to_numpy().astype(bool)
+
+
+def test_onnx_and_openvino_match_eager(exported: tuple[Ckaad, dict[str, Path]], mvtec_root: Path) -> None:
+    import onnxruntime as ort
+
+    model, paths = exported
+    files, truth = _images(mvtec_root)
+    batch = np.stack([load_image(p) for p in files])
+    with torch.no_grad():
+        eager = model(torch.from_numpy(batch))  # pre-processing + model + post-processing, as exported
+    eager_map, eager_score = eager.anomaly_map.numpy(), eager.pred_score.numpy()
+
+    session = ort.InferenceSession(str(paths["onnx"]))
+    names = [o.name for o in session.get_outputs()]
+    onnx_out = dict(zip(names, session.run(None, {"input": batch}), strict=True))
+    ov_out = EdgeDetector(paths["openvino"], batch_size=len(files)).infer(batch)
+
+    for out in (onnx_out, ov_out):
+        assert np.abs(out["anomaly_map"] - eager_map).max() <= 1e-3
+        assert np.array_equal(out["pred_label"].astype(bool), eager.pred_label.numpy().astype(bool))
+        assert round(roc_auc_score(truth, out["pred_score"]), 3) == round(roc_auc_score(truth, eager_score), 3)
+
+
+def test_int8_export_calibrates_on_normal_images(
+    exported: tuple[Ckaad, dict[str, Path]], mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, paths = exported
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False)
+    with caplog.at_level(logging.INFO):
+        int8 = engine.export(
+            model,
+            ExportType.OPENVINO,
+            export_root=tmp_path,
+            compression_type=CompressionType.INT8_PTQ,
+            datamodule=_datamodule(mvtec_root),
+        )
+    assert "INT8 calibration on 12 normal training images" in caplog.text
+    ov_model = ov.Core().read_model(str(int8))
+    assert any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+    files, _ = _images(mvtec_root)
+    batch = np.stack([load_image(p) for p in files[:4]])
+    fp32 = EdgeDetector(paths["openvino"], batch_size=4).infer(batch)
+    quantised = EdgeDetector(int8, batch_size=4).infer(batch)
+    assert quantised["anomaly_map"].shape == fp32["anomaly_map"].shape
+    assert np.isfinite(quantised["pred_score"]).all()
+    with pytest.raises(ValueError, match="calibrates on normal training images"):
+        Ckaad._post_training_quantization_ov(ov_model, None)
