@@ -1,0 +1,193 @@
+"""Inference speed of deployed CKAAD vs the frozen backbone alone (the floor), per runtime, on CPU.
+
+For each backbone, it measures two graphs with the same runtime. The deployed CKAAD pipeline is pre-processing +
+extractor + auto-encoder + map/score + post-processing (what `anomalib export` ships; the discriminator is not in
+it). The backbone-only graph is the same frozen extractor on the same 256×256 input: the cost CKAAD cannot go
+below. The runtimes are torch eager, OpenVINO FP32 (f32 precision hint: the CPU plugin would otherwise run bf16)
+and OpenVINO INT8 (NNCF post-training quantisation calibrated on normal images, as Ckaad's INT8 export does).
+Models are untrained (speed does not depend on weight values). ResNet-18 uses random weights, so that it runs
+offline.
+
+    python benchmarks/inference_speed.py                # both backbones, batch 1 and 8
+    python benchmarks/inference_speed.py --iters 50 --backbones tf_efficientnet_lite0
+
+Prints images/s, p50/p95 latency per batch, the CKAAD / backbone latency ratio, and the issue's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nncf
+import numpy as np
+import openvino as ov
+import torch
+from torch import nn
+
+from ckaad_anomalib import Ckaad, install_lite0_weights
+
+BACKBONES = {
+    "tf_efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
+    "resnet18": ("layer2", "layer3"),
+}
+SIZE = 256
+
+
+class Pipeline(nn.Module):
+    """The deployed graph: AnomalibModule.forward (pre-processing, model, post-processing) as plain tensors."""
+
+    def __init__(self, model: Ckaad) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pred_score, anomaly_map)."""
+        out = self.model(images)
+        return out.pred_score, out.anomaly_map
+
+
+class Backbone(nn.Module):
+    """The frozen extractor alone, on the same input (normalisation included, like the pipeline)."""
+
+    def __init__(self, model: Ckaad) -> None:
+        super().__init__()
+        self.normalize = model.pre_processor.export_transform  # type: ignore[union-attr]
+        self.extractor = model.model.extractor
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return the stage features."""
+        return tuple(self.extractor(self.normalize(images)).values())
+
+
+def cpu_name() -> str:
+    """The CPU model, for the table header."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, iters: int, warmup: int) -> dict[str, float]:
+    """Latency statistics of ``run(batch)`` over ``iters`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run(batch)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    p50 = statistics.median(times)
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return {"ips": len(batch) / statistics.mean(times), "p50_ms": 1e3 * p50, "p95_ms": 1e3 * p95}
+
+
+def openvino_runner(
+    module: nn.Module, batch_size: int, calibration: np.ndarray | None
+) -> Callable[[np.ndarray], object]:
+    """Convert ``module`` to OpenVINO (optionally INT8 with NNCF), compile for CPU in f32, return a callable."""
+    example = torch.rand(batch_size, 3, SIZE, SIZE)
+    model = ov.convert_model(module, example_input=example, input=[(batch_size, 3, SIZE, SIZE)])
+    if calibration is not None:
+        samples = [calibration[i : i + batch_size] for i in range(0, len(calibration) - batch_size + 1, batch_size)]
+        model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})
+
+
+def calibration_images(count: int) -> np.ndarray:
+    """Normal ELPV cells (functional, mono) resized to 256, as [0, 1] RGB, for INT8 calibration."""
+    from PIL import Image
+
+    from ckaad_anomalib.data import ELPV
+
+    datamodule = ELPV(module_type="mono", num_workers=0)
+    datamodule.setup("fit")
+    paths = list(datamodule.train_data.samples.image_path)[:count]
+    images = [
+        np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE)), dtype=np.float32).transpose(2, 0, 1) / 255
+        for p in paths
+    ]
+    return np.stack(images)
+
+
+def main() -> None:
+    """Run the grid and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--calibration", type=int, default=64, help="normal images for INT8 calibration")
+    args = parser.parse_args()
+    install_lite0_weights()
+    calibration = calibration_images(args.calibration)
+    rows = []
+    for backbone in args.backbones:
+        model = Ckaad(
+            backbone=backbone,
+            layers=BACKBONES[backbone],
+            pre_trained=backbone == "tf_efficientnet_lite0",
+            image_size=(SIZE, SIZE),
+            visualizer=False,
+        ).eval()
+        graphs = {"ckaad": Pipeline(model).eval(), "backbone": Backbone(model).eval()}
+        with model.model.inference_only():
+            for batch_size in args.batches:
+                batch = np.random.default_rng(0).random((batch_size, 3, SIZE, SIZE), dtype=np.float32)
+                for name, graph in graphs.items():
+                    runners: dict[str, Callable[[np.ndarray], object]] = {}
+
+                    def eager(x: np.ndarray, graph: nn.Module = graph) -> object:
+                        with torch.inference_mode():
+                            return graph(torch.from_numpy(x))
+
+                    runners["torch eager"] = eager
+                    runners["OpenVINO FP32"] = openvino_runner(graph, batch_size, None)
+                    runners["OpenVINO INT8"] = openvino_runner(graph, batch_size, calibration)
+                    for runtime, run in runners.items():
+                        stats = measure(run, batch, args.iters, args.warmup)
+                        rows.append(
+                            {"backbone": backbone, "batch": batch_size, "graph": name, "runtime": runtime, **stats}
+                        )
+                        print(f"{backbone} b{batch_size} {name:8s} {runtime:14s} {stats['ips']:8.1f} img/s", flush=True)
+
+    print(
+        f"\nCPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, OpenVINO {ov.__version__}"
+    )
+    print(f"{'backbone':22s} {'batch':>5s} {'runtime':14s} {'img/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} "
+          f"{'backbone img/s':>14s} {'latency ×floor':>15s}")  # fmt: skip
+    index = {(r["backbone"], r["batch"], r["graph"], r["runtime"]): r for r in rows}
+    for (backbone, batch_size, graph, runtime), row in index.items():
+        if graph != "ckaad":
+            continue
+        floor = index[(backbone, batch_size, "backbone", runtime)]
+        print(f"{backbone:22s} {batch_size:5d} {runtime:14s} {row['ips']:8.1f} {row['p50_ms']:8.1f} "
+              f"{row['p95_ms']:8.1f} {floor['ips']:14.1f} {row['p50_ms'] / floor['p50_ms']:15.2f}")  # fmt: skip
+
+    print("\nTargets (batch 1):")
+    for backbone in args.backbones:
+        if 1 not in args.batches:
+            break
+        eager, fp32, int8 = (
+            index[(backbone, 1, "ckaad", r)] for r in ("torch eager", "OpenVINO FP32", "OpenVINO INT8")
+        )
+        floor32 = index[(backbone, 1, "backbone", "OpenVINO FP32")]
+        checks = [
+            ("OpenVINO FP32 >= 2x torch eager img/s", fp32["ips"] / eager["ips"], 2.0),
+            ("CKAAD latency <= 1.5x backbone (OV FP32)", fp32["p50_ms"] / floor32["p50_ms"], 1.5),
+            ("INT8 >= 1.5x FP32 img/s", int8["ips"] / fp32["ips"], 1.5),
+        ]
+        for text, value, target in checks:
+            ok = value <= target if "<=" in text else value >= target
+            print(f"  {backbone:22s} {text:42s} measured {value:5.2f}  {'met' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
