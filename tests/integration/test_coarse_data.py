@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from anomalib.data import BMAD, Folder, MVTecAD
+from anomalib.data import BMAD, Folder, MVTecAD, Visa
 from anomalib.engine import Engine
 
-from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule
+from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
 from ckaad_anomalib.data.coarse import COARSE_LIST
 from tests import trees
 from tests.conftest import small_ckaad
@@ -157,6 +157,19 @@ def test_anomalib_bmad_datamodule(tmp_path: Path) -> None:
     assert not coarse & set(dm.val_data.samples.image_path)  # BMAD's own valid split, minus the coarse images
     assert not coarse & set(dm.test_data.samples.image_path)
     assert len(dm.val_data) + len(dm.test_data) == 16 - 2
+
+
+def test_anomalib_visa_datamodule(tmp_path: Path) -> None:
+    # Visa's processed layout (visa_pytorch/<category>) is MVTec-like
+    make_mvtec_like_dataset(
+        tmp_path / "visa_pytorch", "gravel", n_train=12, n_test_good=4, n_test_defect=3, image_size=32
+    )
+    visa = Visa(root=tmp_path, category="gravel", train_batch_size=4, num_workers=0)
+    dm = _setup(CoarseAnomalyDataModule(visa, ratio=0.2, seed=0))
+    assert len(dm.coarse_samples) == 3
+    coarse = set(dm.coarse_samples.image_path)
+    assert not coarse & (set(dm.val_data.samples.image_path) | set(dm.test_data.samples.image_path))
+    assert not set(dm.val_data.samples.image_path) & set(dm.test_data.samples.image_path)
 
 
 def test_elpv_draws_from_its_training_pool(tmp_path: Path) -> None:
