@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,11 +89,15 @@ def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, iters: int, 
 
 
 def openvino_runner(
-    module: nn.Module, batch_size: int, calibration: np.ndarray | None
+    module: nn.Module, batch_size: int, calibration: np.ndarray | None, workdir: Path
 ) -> Callable[[np.ndarray], object]:
-    """Convert ``module`` to OpenVINO (optionally INT8 with NNCF), compile for CPU in f32, return a callable."""
-    example = torch.rand(batch_size, 3, SIZE, SIZE)
-    model = ov.convert_model(module, example_input=example, input=[(batch_size, 3, SIZE, SIZE)])
+    """Export ``module`` through ONNX to OpenVINO (as `anomalib export` does), optionally INT8 (NNCF), compile f32."""
+    onnx_path = workdir / f"{id(module)}_{batch_size}.onnx"
+    if not onnx_path.exists():
+        torch.onnx.export(
+            module, (torch.rand(batch_size, 3, SIZE, SIZE),), str(onnx_path), dynamo=True, opset_version=18
+        )
+    model = ov.convert_model(str(onnx_path))
     if calibration is not None:
         samples = [calibration[i : i + batch_size] for i in range(0, len(calibration) - batch_size + 1, batch_size)]
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
@@ -128,6 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     install_lite0_weights()
     calibration = calibration_images(args.calibration)
+    workdir = Path(tempfile.mkdtemp(prefix="ckaad_speed_"))
     rows = []
     for backbone in args.backbones:
         model = Ckaad(
@@ -149,8 +155,8 @@ def main() -> None:
                             return graph(torch.from_numpy(x))
 
                     runners["torch eager"] = eager
-                    runners["OpenVINO FP32"] = openvino_runner(graph, batch_size, None)
-                    runners["OpenVINO INT8"] = openvino_runner(graph, batch_size, calibration)
+                    runners["OpenVINO FP32"] = openvino_runner(graph, batch_size, None, workdir)
+                    runners["OpenVINO INT8"] = openvino_runner(graph, batch_size, calibration, workdir)
                     for runtime, run in runners.items():
                         stats = measure(run, batch, args.iters, args.warmup)
                         rows.append(

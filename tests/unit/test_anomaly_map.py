@@ -24,7 +24,15 @@ def test_map_sums_stage_errors_and_blurs() -> None:
     blurred = AnomalyMapGenerator(sigma=4)([f], [r], (40, 40))
     assert blurred.max().item() < 2.0  # the Gaussian spreads the peak
     assert blurred.argmax().item() == raw.argmax().item()
-    assert AnomalyMapGenerator(sigma=4).blur.kernel.shape[-1] == 33  # 2·⌊4σ+0.5⌋+1
+    assert tuple(AnomalyMapGenerator(sigma=4).blur.kernel_size) == (33, 33)  # 2·⌊4σ+0.5⌋+1
+
+
+def test_separable_blur_equals_anomalib_dense_blur() -> None:
+    from anomalib.models.components import GaussianBlur2d
+
+    x = torch.rand(2, 1, 64, 64)
+    dense = GaussianBlur2d(sigma=4.0, channels=1)
+    torch.testing.assert_close(AnomalyMapGenerator(sigma=4).blur(x), dense(x), atol=1e-5, rtol=0)
 
 
 def test_topk_and_mean_scores() -> None:
