@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.test_export import exported  # noqa: F401 - module fixture reused
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,7 @@ def _edge(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_scores_a_folder_without_torch(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_scores_a_folder_without_torch(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:
     _, paths = exported
     images = mvtec_root / "brick" / "test"
     out = tmp_path / "scores.csv"
@@ -47,7 +46,7 @@ def test_scores_a_folder_without_torch(exported: tuple, mvtec_root: Path, tmp_pa
     assert "10 image(s) scored" in proc.stdout
 
 
-def test_bad_inputs(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_inputs(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:
     _, paths = exported
     model = str(paths["openvino"])
     folder = tmp_path / "mixed"
@@ -78,7 +77,7 @@ def test_bad_inputs(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None: 
     assert "fake.bin (the weights of fake.xml) is missing" in proc.stderr
 
 
-def test_console_script(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_console_script(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:
     _, paths = exported
     image = next((mvtec_root / "brick" / "test" / "stain").glob("*.png"))
     proc = run_cli(["ckaad-infer", str(paths["openvino"]), str(image), "--out", "one.csv"], tmp_path)

@@ -10,7 +10,6 @@ import onnx
 import openvino as ov
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
 from scipy.stats import spearmanr
@@ -19,41 +18,9 @@ from sklearn.metrics import roc_auc_score
 from ckaad_anomalib import Ckaad
 from ckaad_anomalib.deploy import EdgeDetector
 from ckaad_anomalib.deploy.openvino_infer import load_image
-from tests.conftest import small_ckaad
+from tests.integration.conftest import export_datamodule as _datamodule
 
 pytestmark = pytest.mark.slow
-
-
-def _datamodule(root: Path) -> MVTecAD:
-    # threshold chosen on a validation split disjoint from the test images the parity is measured on
-    return MVTecAD(
-        root=root,
-        category="brick",
-        train_batch_size=4,
-        eval_batch_size=8,
-        num_workers=0,
-        val_split_mode="from_test",
-        seed=0,
-    )
-
-
-@pytest.fixture(scope="module")
-def exported(
-    mvtec_root: Path, lite0_weights: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Ckaad, dict[str, Path]]:
-    del lite0_weights
-    torch.manual_seed(0)
-    model = small_ckaad()
-    root = tmp_path_factory.mktemp("export")
-    engine = Engine(default_root_dir=root, max_epochs=2, accelerator="cpu", logger=False)
-    engine.fit(model, datamodule=_datamodule(mvtec_root))
-    paths = {
-        kind.value: engine.export(model, kind, export_root=root / kind.value)
-        for kind in (ExportType.TORCH, ExportType.ONNX, ExportType.OPENVINO)
-    }
-    model.eval()
-    assert model.model.patch_discriminator is not None  # restored after export
-    return model, {k: Path(v) for k, v in paths.items() if v is not None}
 
 
 def _inference_params(model: Ckaad) -> int:
