@@ -42,13 +42,13 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from anomalib.data.utils.split import random_split
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torchvision.datasets.folder import IMG_EXTENSIONS  # the image types torchvision (and anomalib) read
 from torchvision.transforms import v2
 
 from .labelled import PresplitDataModule
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SyntheticKind = Literal["elastic", "perlin", "cutpaste"]
 COARSE_LIST = "coarse_anomalies.csv"
 
@@ -379,8 +379,8 @@ class CoarseAnomalyDataModule(PresplitDataModule):
             msg = f"folder={self.folder} (coarse anomalies) is not a directory."
             raise FileNotFoundError(msg)
         files = sorted(p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        skipped = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        images = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+        skipped = [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
         if skipped:
             logger.warning(
                 "Coarse anomalies: skipped %d non-image file(s) in %s: %s",
@@ -389,7 +389,7 @@ class CoarseAnomalyDataModule(PresplitDataModule):
                 ", ".join(p.name for p in skipped[:10]),
             )
         if not images:
-            msg = f"folder={self.folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add your anomalous images."
+            msg = f"folder={self.folder} holds no images ({', '.join(IMG_EXTENSIONS)}): add your anomalous images."
             raise ValueError(msg)
         for path in images:
             try:

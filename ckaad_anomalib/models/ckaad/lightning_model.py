@@ -295,13 +295,12 @@ class Ckaad(AnomalibModule):
 
         anomalib calibrates on the validation split, which holds anomalies; CKAAD's activations are calibrated on
         what the model was trained to reconstruct. Coarse anomalies of a
-        :class:`~ckaad_anomalib.data.CoarseAnomalyDataModule` are not used either.
+        :class:`~ckaad_anomalib.data.CoarseAnomalyDataModule` are not used either. Only the convolutions of
+        extractor and auto-encoder are quantised (:func:`int8_ignored_ops`).
 
         Args:
             model: OpenVINO model (its graph includes pre-processing, so raw [0, 1] images go in).
             datamodule: Datamodule whose ``train_data`` holds the normal images.
-
-        Only the convolutions of extractor and auto-encoder are quantised (:func:`int8_ignored_ops`).
 
         Returns:
             The quantised OpenVINO model.
