@@ -9,7 +9,9 @@ The wheel ships ``ckaad_anomalib.pth`` into site-packages. Python runs it at sta
 no torch, no anomalib. Processes that never import anomalib pay one string comparison per import. When
 ``anomalib.models`` is imported, the finder wraps its loader. After the module body has run, it imports
 :mod:`ckaad_anomalib.models` and :mod:`ckaad_anomalib.data`, which attach ``Ckaad`` and the datamodules (see
-:func:`attach`). This is the post-import-hook pattern that setuptools uses for ``_distutils_hack``.
+:func:`attach`). This is the post-import-hook pattern that setuptools uses for ``_distutils_hack``. The same
+finder also catches ``anomalib.data.utils.image`` and replaces its ``read_image`` with the project's reader, which
+reads 16-bit and float images correctly (:mod:`ckaad_anomalib.image_io`).
 
 Without the hook (e.g. the ``.pth`` file was removed), ``import ckaad_anomalib.models`` does the same by hand.
 """
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
 
 TARGET = "anomalib.models"
+READER = "anomalib.data.utils.image"  # defines read_image; replaced before other modules copy the name
 # Module paths that ``get_model({"class_path": "<module>.Ckaad"})`` may import.
 ALLOWED_MODULE_PATHS = ("ckaad_anomalib", "ckaad_anomalib.models", "ckaad_anomalib.models.ckaad")
 
@@ -38,11 +41,22 @@ def _register() -> None:
     import ckaad_anomalib.models  # noqa: F401
 
 
+def _install_reader() -> None:
+    """Make anomalib read 16-bit / float images correctly and name unreadable files (:mod:`ckaad_anomalib.image_io`)."""
+    from ckaad_anomalib.image_io import install
+
+    install()
+
+
+ACTIONS = {READER: _install_reader, TARGET: _register}  # what to run right after each module has been imported
+
+
 class _RegisteringLoader(importlib.abc.Loader):
     """Delegates to the real loader of ``anomalib.models``, then registers the plugin."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+    def __init__(self, loader: importlib.abc.Loader, name: str) -> None:
         self._loader = loader
+        self._name = name
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)
@@ -50,7 +64,7 @@ class _RegisteringLoader(importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
         try:
-            _register()
+            ACTIONS[self._name]()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must never break anomalib itself
             warnings.warn(f"ckaad-anomalib could not register with anomalib: {exc!r}", stacklevel=2)
 
@@ -59,7 +73,10 @@ class _RegisteringLoader(importlib.abc.Loader):
 
 
 class AnomalibModelsFinder(importlib.abc.MetaPathFinder):
-    """Meta-path finder that intercepts only the import of ``anomalib.models``."""
+    """Meta-path finder that intercepts only the imports of the modules in :data:`ACTIONS`, once each."""
+
+    def __init__(self) -> None:
+        self.pending = set(ACTIONS)
 
     def find_spec(
         self,
@@ -67,25 +84,31 @@ class AnomalibModelsFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> ModuleSpec | None:
-        if fullname != TARGET:
+        if fullname not in self.pending:
             return None
-        sys.meta_path.remove(self)  # one-shot; also keeps the lookup below from finding us again
+        self.pending.discard(fullname)
+        if not self.pending:
+            sys.meta_path.remove(self)  # done; processes that never import anomalib keep paying one set lookup
         for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(fullname, path, target) if find_spec is not None else None
+            spec = find_spec(fullname, path, target) if finder is not self and find_spec is not None else None
             if spec is not None and spec.loader is not None:
-                spec.loader = _RegisteringLoader(spec.loader)
+                spec.loader = _RegisteringLoader(spec.loader, fullname)
                 return spec
         return None
 
 
 def install() -> None:
-    """Install the finder once (idempotent); registers at once if ``anomalib.models`` is already imported."""
-    if TARGET in sys.modules:
-        _register()
+    """Install the finder once (idempotent); runs the actions of modules that are already imported at once."""
+    if any(isinstance(finder, AnomalibModelsFinder) for finder in sys.meta_path):
         return
-    if not any(isinstance(finder, AnomalibModelsFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, AnomalibModelsFinder())
+    finder = AnomalibModelsFinder()
+    for name, action in ACTIONS.items():
+        if name in sys.modules:
+            finder.pending.discard(name)
+            action()
+    if finder.pending:
+        sys.meta_path.insert(0, finder)
 
 
 def attach(classes: Sequence[type], target: str = TARGET) -> None:

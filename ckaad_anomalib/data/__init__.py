@@ -4,6 +4,7 @@ Importing this package attaches the datamodules to ``anomalib.data`` (``--data E
 """
 
 from ckaad_anomalib._hook import attach
+from ckaad_anomalib.image_io import install as install_image_reader
 
 from .coarse import CoarseAnomalyDataModule, NormalAnomalyBatchSampler, SyntheticAnomalyDataset, n_coarse
 from .labelled import ELPV, ISIC2018, OCT2017, Br35H, ChestXRay2017, LabelledImageDataModule
@@ -23,4 +24,5 @@ __all__ = [
     "n_coarse",
 ]
 
+install_image_reader()  # no-op when the start-up hook has done it
 attach([CoarseAnomalyDataModule, ELPV, ISIC2018, OCT2017, Br35H, ChestXRay2017], "anomalib.data")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,17 +57,56 @@ class Skipped:
     reason: str
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image as float32 RGB ``(3, H, W)`` in [0, 1] (grayscale is replicated to 3 channels).
+# Pillow modes whose integers hold more than 8 bits. ``convert("RGB")`` clips them to 255: a 16-bit image turns white.
+HIGH_BIT_DEPTH_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def image_to_rgb(image: Image.Image, path: str | Path = "<image>") -> np.ndarray:
+    """Any Pillow image as float32 RGB ``(H, W, 3)`` in [0, 1], scaled by its real bit depth.
+
+    8-bit modes (L, RGB, RGBA, P, CMYK, ...) go through ``convert("RGB")`` as in anomalib (alpha is dropped,
+    grayscale replicated). 16-bit grayscale (``I;16*``, and 32-bit ``I`` holding 16-bit data, as some PNG/TIFF
+    writers store it) is divided by 65535. Float images (``F``) must already lie in [0, 1].
+
+    Args:
+        image: The opened image.
+        path: Its file, named in errors.
+
+    Returns:
+        The image as float32 ``(H, W, 3)``.
 
     Raises:
-        ValueError: If the file is not a readable image.
+        ValueError: If the values cannot be scaled to [0, 1] without guessing.
+    """
+    mode = image.mode
+    if mode in HIGH_BIT_DEPTH_MODES or mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if mode == "F":
+            if low < 0 or high > 1:
+                msg = f"{path}: float image with values in [{low:g}, {high:g}]; save it in [0, 1] or in 8/16 bits."
+                raise ValueError(msg)
+            grey = pixels
+        else:
+            if low < 0 or high > HIGH_BIT_DEPTH_MODES[mode]:
+                msg = f"{path}: {mode} image with values in [{low:g}, {high:g}], beyond 16 bits; save it as 8/16-bit."
+                raise ValueError(msg)
+            grey = pixels / HIGH_BIT_DEPTH_MODES[mode]
+        return np.repeat(grey.astype(np.float32)[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 RGB ``(3, H, W)`` in [0, 1], whatever its mode and bit depth (:func:`image_to_rgb`).
+
+    Raises:
+        ValueError: If the file is not a readable image (truncated, corrupt, unknown format), naming it.
     """
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            rgb = image_to_rgb(image, path)
     except (UnidentifiedImageError, OSError) as exc:
-        msg = f"{path}: not a readable image ({exc.__class__.__name__})"
+        msg = f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); re-save or remove it."
         raise ValueError(msg) from exc
     return rgb.transpose(2, 0, 1)
 
@@ -235,6 +276,60 @@ def _progress(stream: TextIO, done: int, total: int, elapsed: float) -> None:
     stream.flush()
 
 
+class OutputFile:
+    """A CSV written under a temporary name beside its target and published whole, never over another run's file.
+
+    Created before anything is scored, so an unwritable or already existing ``--out`` fails at once. :meth:`publish`
+    claims the target with an exclusive create and then renames the finished file onto it (atomic on one
+    filesystem). Without ``overwrite``, a target that another run created in the meantime is left alone and the
+    results stay in a file of their own, named in the error.
+
+    Args:
+        path: The target CSV.
+        overwrite: Replace an existing target.
+
+    Raises:
+        FileExistsError: If ``path`` exists and ``overwrite`` is false.
+        PermissionError: If ``path``'s folder cannot be written.
+    """
+
+    def __init__(self, path: str | Path, overwrite: bool = False) -> None:
+        self.path, self.overwrite = Path(path), overwrite
+        if self.path.is_dir():
+            msg = f"--out {self.path} is a folder: give a CSV file name."
+            raise IsADirectoryError(msg)
+        if self.path.exists() and not overwrite:
+            msg = f"--out {self.path} exists: pass --overwrite to replace it, or choose another file."
+            raise FileExistsError(msg)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        except OSError as exc:
+            msg = f"--out {self.path}: cannot write to {self.path.parent} ({exc.strerror or exc})."
+            raise PermissionError(msg) from exc
+        self.temp = Path(name)
+        self.handle = os.fdopen(fd, "w", newline="")
+
+    def publish(self) -> Path:
+        """Close the file and move it to its target; returns where the rows are."""
+        self.handle.close()
+        if not self.overwrite:
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # claim the name, or fail
+            except FileExistsError:
+                kept = self.path.with_name(f"{self.path.stem}.{os.getpid()}{self.path.suffix}")
+                os.replace(self.temp, kept)
+                msg = f"--out {self.path} was written by another run meanwhile; this run's rows are in {kept}."
+                raise FileExistsError(msg) from None
+        os.replace(self.temp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the unfinished file (after an error)."""
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)
+
+
 def run(
     model: str | Path,
     inputs: Sequence[str | Path],
@@ -244,32 +339,41 @@ def run(
     precision: str = "f32",
     batch_size: int = 1,
     progress: TextIO | None = sys.stderr,
+    overwrite: bool = False,
 ) -> tuple[list[EdgeResult], list[Skipped]]:
-    """Score ``inputs`` (files and/or folders), write ``out`` as CSV (path, score, label) and optional overlays.
+    """Score ``inputs`` (files and/or folders), write ``out`` as CSV and optional heat-map overlays.
+
+    The CSV has one row per input image, in input order: ``path, score, label, status``; ``status`` is ``ok`` or
+    ``skipped: <reason>`` (no score or label then). It is checked for writability before scoring and published
+    whole when done (:class:`OutputFile`).
 
     Returns:
         The results and the skipped inputs.
     """
-    detector = EdgeDetector(model, device=device, precision=precision, batch_size=batch_size)
-    paths = find_images(inputs)
-    skipped: list[Skipped] = []
-    heat_dir = Path(heatmaps) if heatmaps is not None else None
-    if heat_dir is not None:
-        heat_dir.mkdir(parents=True, exist_ok=True)
-    results: list[EdgeResult] = []
-    for result in detector.predict_paths(paths, skipped, keep_maps=heat_dir is not None, progress=progress):
-        if heat_dir is not None and result.anomaly_map is not None:
-            name = f"{len(results):05d}_{Path(result.path).stem}.png"
-            heatmap_overlay(load_image(result.path), result.anomaly_map).save(heat_dir / name)
-            result.anomaly_map = None
-        results.append(result)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "score", "label"])
-        for result in results:
-            writer.writerow([result.path, f"{result.score:.6f}", "anomalous" if result.label else "normal"])
+    output = OutputFile(out, overwrite=overwrite)
+    try:
+        detector = EdgeDetector(model, device=device, precision=precision, batch_size=batch_size)
+        paths = find_images(inputs)
+        skipped: list[Skipped] = []
+        heat_dir = Path(heatmaps) if heatmaps is not None else None
+        if heat_dir is not None:
+            heat_dir.mkdir(parents=True, exist_ok=True)
+        results: list[EdgeResult] = []
+        for result in detector.predict_paths(paths, skipped, keep_maps=heat_dir is not None, progress=progress):
+            if heat_dir is not None and result.anomaly_map is not None:
+                name = f"{len(results):05d}_{Path(result.path).stem}.png"
+                heatmap_overlay(load_image(result.path), result.anomaly_map).save(heat_dir / name)
+                result.anomaly_map = None
+            results.append(result)
+        rows = {r.path: [r.path, f"{r.score:.6f}", "anomalous" if r.label else "normal", "ok"] for r in results}
+        rows.update({s.path: [s.path, "", "", f"skipped: {s.reason}"] for s in skipped})
+        writer = csv.writer(output.handle)
+        writer.writerow(["path", "score", "label", "status"])
+        writer.writerows(rows[str(path)] for path in paths)
+    except BaseException:
+        output.discard()
+        raise
+    output.publish()
     return results, skipped
 
 
@@ -278,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score images with an exported OpenVINO anomaly model (no torch).")
     parser.add_argument("model", help="exported model.xml (with model.bin beside it) or model.onnx")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--out", default="scores.csv", help="CSV of path, score, label (default: scores.csv)")
+    parser.add_argument("--out", default="scores.csv", help="CSV of path, score, label, status (default: scores.csv)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--heatmaps", default=None, help="folder for heat-map overlays (default: none)")
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--precision", default="f32", choices=sorted(PRECISIONS))
@@ -286,9 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         results, skipped = run(
-            args.model, args.inputs, args.out, args.heatmaps, args.device, args.precision, args.batch_size
+            args.model,
+            args.inputs,
+            args.out,
+            args.heatmaps,
+            args.device,
+            args.precision,
+            args.batch_size,
+            overwrite=args.overwrite,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"ckaad-infer: error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     anomalous = sum(r.label for r in results)
@@ -302,4 +414,14 @@ def _cli() -> None:
     sys.exit(main())
 
 
-__all__ = ["EdgeDetector", "EdgeResult", "Skipped", "find_images", "heatmap_overlay", "load_image", "main", "run"]
+__all__ = [
+    "EdgeDetector",
+    "EdgeResult",
+    "OutputFile",
+    "Skipped",
+    "find_images",
+    "heatmap_overlay",
+    "load_image",
+    "main",
+    "run",
+]

@@ -40,6 +40,47 @@ def test_config_instantiates(config: Path) -> None:
             assert (data.ratio, data.num_classes) == (0.05, 1)
 
 
+def _tree(name: str, root: Path) -> Path:
+    """A tiny dataset in the layout the config's datamodule reads; returns its root."""
+    from ckaad_anomalib.data import make_mvtec_like_dataset
+    from tests import trees
+
+    if name in {"MVTecAD", "Visa"}:
+        base = root / "visa_pytorch" if name == "Visa" else root
+        make_mvtec_like_dataset(base, "gravel", n_train=12, n_test_good=6, n_test_defect=4, image_size=32, seed=0)
+        return root
+    makers = {
+        "ChestXRay2017": lambda: trees.kermany(root, ("NORMAL", "PNEUMONIA"), n=12),
+        "OCT2017": lambda: trees.kermany(root, ("NORMAL", "CNV", "DME", "DRUSEN"), n=12),
+        "ISIC2018": lambda: trees.isic(root, n_per_class=6),
+        "Br35H": lambda: trees.br35h(root, n=30),
+        "ELPV": lambda: trees.elpv(root, per_class=30),
+    }
+    return makers[name]()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_config_validation_never_sees_test_images(config: Path, tmp_path: Path) -> None:
+    """Thresholds and normalisation are fitted on validation: it must be disjoint from test, for every config."""
+    probe = AnomalibCLI(["train", "--config", str(config), "--model.pre_trained", "false"], run=False)
+    wrapped = isinstance(probe.datamodule, CoarseAnomalyDataModule)
+    inner = probe.datamodule.datamodule if wrapped else probe.datamodule
+    root = _tree(type(inner).__name__, tmp_path / "data")
+    prefix = "--data.init_args.datamodule.init_args" if wrapped else "--data.init_args"
+    args = [f"{prefix}.root", str(root)]
+    if type(inner).__name__ in {"MVTecAD", "Visa"}:
+        args += [f"{prefix}.category", "gravel"]
+    cli = AnomalibCLI(["train", "--config", str(config), "--model.pre_trained", "false", *args], run=False)
+    data = cli.datamodule
+    data.setup()
+    val = set(data.val_data.samples.image_path)
+    test = set(data.test_data.samples.image_path)
+    assert val, f"{config.name}: no validation images"
+    assert test, f"{config.name}: no test images"
+    assert not val & test, f"{config.name}: validation shares {len(val & test)} image(s) with test"
+    assert set(data.val_data.samples.label_index) == {0, 1}, f"{config.name}: validation needs both labels"
+
+
 def _metric(output: str, name: str) -> float:
     match = re.search(rf"{name}\s*│\s*([0-9.]+)", output)
     assert match, f"{name} not printed:\n{output[-3000:]}"

@@ -59,6 +59,10 @@ def test_bad_inputs(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:
     assert "1 image(s) scored" in proc.stdout
     assert "1 skipped" in proc.stdout
     assert "broken.png: not a readable image" in proc.stderr
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "s.csv").open())}
+    assert rows["ok.png"]["status"] == "ok"
+    assert rows["broken.png"]["status"].startswith("skipped: ")  # in the CSV, not only on stderr
+    assert rows["broken.png"]["score"] == rows["broken.png"]["label"] == ""
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -83,3 +87,34 @@ def test_console_script(exported: tuple, mvtec_root: Path, tmp_path: Path) -> No
     proc = run_cli(["ckaad-infer", str(paths["openvino"]), str(image), "--out", "one.csv"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "one.csv").read_text().count("\n") == 2
+
+
+def test_16_bit_image_scores_like_its_8_bit_twin(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:
+    """anomalib's convert("RGB") read 16-bit images as white; ckaad-infer scored them as anomalous."""
+    import numpy as np
+    from PIL import Image
+
+    _, paths = exported
+    source = next((mvtec_root / "brick" / "test" / "good").glob("*.png"))
+    grey = np.asarray(Image.open(source).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # the same picture in 16 bits
+    proc = _edge([str(paths["openvino"]), str(tmp_path / "g8.png"), str(tmp_path / "g16.png")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scores = [float(r["score"]) for r in csv.DictReader((tmp_path / "scores.csv").open())]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+
+
+def test_existing_output_is_refused_before_scoring(exported: tuple, mvtec_root: Path, tmp_path: Path) -> None:
+    _, paths = exported
+    image = next((mvtec_root / "brick" / "test" / "good").glob("*.png"))
+    out = tmp_path / "scores.csv"
+    out.write_text("rows of an earlier run\n")
+    proc = _edge([str(paths["openvino"]), str(image), "--out", str(out)], tmp_path)
+    assert proc.returncode == 2
+    assert "exists: pass --overwrite" in proc.stderr
+    assert "image(s) scored" not in proc.stdout
+    assert out.read_text() == "rows of an earlier run\n"
+    proc = _edge([str(paths["openvino"]), str(image), "--out", str(out), "--overwrite"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().startswith("path,score,label,status")
