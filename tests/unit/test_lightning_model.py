@@ -116,6 +116,48 @@ def test_pre_processor_uses_backbone_normalisation() -> None:
     assert list(resnet.transform.transforms[0].size) == [128, 128]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": -1.0}, r"^lr must be > 0, got -1.0"),
+        ({"d_lr": -1e-4}, r"^d_lr must be > 0"),
+        ({"betas": (1.5, 0.999)}, r"^betas must be two values in \[0, 1\)"),
+        ({"betas": (0.5,)}, r"^betas must be two values"),
+        ({"d_grad_clip": 0.0}, r"^d_grad_clip must be > 0"),
+        ({"sigma": -1.0}, r"^sigma must be > 0"),
+        ({"top_k": 0}, r"^top_k must be >= 1"),
+        ({"image_size": (0, 64)}, r"^image_size must be"),
+        ({"push_weight": -1.0}, r"^push_weight must be >= 0"),
+    ],
+)
+def test_every_argument_is_checked_at_construction_by_name(kwargs: dict[str, Any], match: str) -> None:
+    """Before: lr=-1 failed at fit start (torch's "Invalid learning rate"), sigma<0 at the sanity check."""
+    with pytest.raises(ValueError, match=match):
+        small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, **kwargs)
+
+
+def test_push_term_trains_the_autoencoder_on_coarse_anomalies(seeded: None) -> None:
+    def step(push_weight: float) -> tuple[float, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = _attached(
+            small_ckaad(
+                backbone="resnet18",
+                layers=("layer2", "layer3"),
+                pre_trained=False,
+                adv_weight=0,
+                push_weight=push_weight,
+            )
+        )
+        torch.manual_seed(1)
+        out: Any = model.training_step(_batch([0, 0, 0, 1]), 0)
+        return float(out["loss"]), _params(model.model.autoencoder)
+
+    plain_loss, plain_ae = step(0.0)
+    push_loss, push_ae = step(1.0)
+    assert push_loss > plain_loss  # a fresh AE reconstructs the anomaly about as well as normals: push is active
+    assert any(not torch.equal(a, b) for a, b in zip(plain_ae, push_ae, strict=True))
+
+
 def test_needs_an_input_size() -> None:
     with pytest.raises(ValueError, match="fixed input size"):
         Ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, pre_processor=False)

@@ -10,6 +10,7 @@ from ckaad_anomalib.models.ckaad.loss import (
     adversarial_loss,
     discriminator_loss,
     hinge,
+    push_loss,
     reconstruction_loss,
 )
 
@@ -56,8 +57,44 @@ def test_autoencoder_loss_weights_adversarial_term() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"adv_weight": -1.0}, "adv_weight"), ({"gamma": 1.5}, "gamma"), ({"margin": 0.0}, "margin")],
+    [
+        ({"adv_weight": -1.0}, "^adv_weight must be >= 0"),
+        ({"gamma": 1.5}, "^gamma must be in"),
+        ({"margin": 0.0}, "^margin must be > 0, got 0.0"),
+        ({"mil_fraction": 0.0}, "^mil_fraction must be in"),
+        ({"push_weight": -0.1}, "^push_weight must be >= 0"),
+        ({"push_margin": 0.0}, "^push_margin must be > 0"),
+    ],
 )
 def test_rejects_bad_hyperparameters(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CkaadLoss(**kwargs)
+
+
+def test_mil_targets_keep_only_the_highest_patches_of_each_anomaly() -> None:
+    e_neg = torch.zeros(2, 1, 2, 2)
+    e_neg[0, 0, 0, 0] = 6.0  # one patch beyond the margin, three normal-looking patches
+    e_neg[1, 0, 1, 1] = 4.0
+    zeros = [torch.zeros(2, 1, 2, 2)]
+    paper = discriminator_loss(zeros, [e_neg], [torch.full((2, 1, 2, 2), 9.0)], margin=5.0, gamma=0.5)
+    # all 8 patches are targets: hinge = (0 + 5+5+5 + 1 + 5+5+5) / 8 = 31/8, weighted by 1 − γ
+    assert paper.item() == pytest.approx(0.5 * 31 / 8)
+    mil = discriminator_loss(zeros, [e_neg], [torch.full((2, 1, 2, 2), 9.0)], margin=5.0, gamma=0.5, mil_fraction=0.25)
+    assert mil.item() == pytest.approx(0.5 * (0 + 1) / 2)  # only the top patch of each image: hinge 0 and 1
+    image_energy = torch.tensor([1.0, 7.0])  # image-level D: unaffected
+    assert discriminator_loss([torch.zeros(2)], [image_energy], [torch.full((2,), 9.0)], mil_fraction=0.25).item() == (
+        pytest.approx(0.5 * 4 / 2)
+    )
+
+
+def test_push_asks_anomalies_to_score_a_margin_above_the_normal_mean() -> None:
+    normal = torch.tensor([1.0, 3.0])  # mean 2
+    anomalous = torch.tensor([2.0, 5.0], requires_grad=True)
+    loss = push_loss(anomalous, normal, margin=1.0)  # targets: 2 · 2 = 4 → hinge(2 − 1), hinge(2 − 2.5)
+    assert loss.item() == pytest.approx(0.5)
+    loss.backward()
+    assert anomalous.grad is not None
+    assert anomalous.grad.tolist() == pytest.approx([-0.25, 0.0])  # only the anomaly below target is pushed
+    assert push_loss(torch.tensor([9.0]), normal).item() == 0.0
+    combined = CkaadLoss(push_weight=0.5).autoencoder(torch.tensor(1.0), None, torch.tensor(0.2))
+    assert combined.item() == pytest.approx(1.2)

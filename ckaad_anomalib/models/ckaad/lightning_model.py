@@ -35,7 +35,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from .loss import CkaadLoss, reconstruction_loss
+from .loss import CkaadLoss, reconstruction_loss, require
 from .torch_model import CkaadModel, TrainOutput
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,12 @@ class Ckaad(AnomalibModule):
         adv_weight: ``λ_adv``. ``0`` is the Recon ablation: no discriminator is built or trained.
         gamma: ``γ``, weight of reconstructions versus real anomalies in the discriminator loss.
         margin: Energy margin ``m``.
+        mil_fraction: Multiple-instance targets for D: only this part of each coarse anomaly's patches (those of
+            highest energy) must get high energy. ``None`` (paper): all of them.
+        push_weight: Weight of the push term (``0``, paper: off). It asks the image score of every coarse anomaly
+            to reach ``1 + push_margin`` times the batch's normal mean, so the auto-encoder learns directly not to
+            reconstruct the most deviating region of a labelled anomaly (see ``loss.push_loss``).
+        push_margin: Relative margin of the push term.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -135,6 +141,9 @@ class Ckaad(AnomalibModule):
         adv_weight: float = 0.02,
         gamma: float = 0.5,
         margin: float = 5.0,
+        mil_fraction: float | None = None,
+        push_weight: float = 0.0,
+        push_margin: float = 1.0,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -145,6 +154,7 @@ class Ckaad(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        self._validate(lr, d_lr, betas, d_grad_clip, top_k, sigma, max_epochs, image_size)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(
                 image_size=(int(image_size[0]), int(image_size[1])), backbone=backbone
@@ -162,7 +172,14 @@ class Ckaad(AnomalibModule):
         self.lr, self.d_lr, self.d_grad_clip = lr, d_lr, d_grad_clip
         self.betas: tuple[float, float] = (float(betas[0]), float(betas[1]))
         height, width = self.input_size
-        self.loss = CkaadLoss(adv_weight=adv_weight, gamma=gamma, margin=margin)
+        self.loss = CkaadLoss(
+            adv_weight=adv_weight,
+            gamma=gamma,
+            margin=margin,
+            mil_fraction=mil_fraction,
+            push_weight=push_weight,
+            push_margin=push_margin,
+        )
         self.model = CkaadModel(
             backbone=backbone,
             layers=layers,
@@ -173,11 +190,29 @@ class Ckaad(AnomalibModule):
             top_k=top_k,
             score_mode=score_mode,
         )
-        if max_epochs is not None and max_epochs < 1:
-            msg = f"max_epochs must be >= 1 or None, got {max_epochs}."
-            raise ValueError(msg)
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
+
+    @staticmethod
+    def _validate(
+        lr: float,
+        d_lr: float,
+        betas: Sequence[float],
+        d_grad_clip: float,
+        top_k: int,
+        sigma: float,
+        max_epochs: int | None,
+        image_size: Sequence[int],
+    ) -> None:
+        """Check the optimisation and scoring arguments now, naming the one that is wrong (not at fit or val)."""
+        require("lr", lr, lr > 0, "> 0")
+        require("d_lr", d_lr, d_lr > 0, "> 0")
+        require("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two values in [0, 1)")
+        require("d_grad_clip", d_grad_clip, d_grad_clip > 0, "> 0")
+        require("top_k", top_k, top_k >= 1, ">= 1")
+        require("sigma", sigma, sigma > 0, "> 0")
+        require("max_epochs", max_epochs, max_epochs is None or max_epochs >= 1, ">= 1 or None")
+        require("image_size", image_size, len(image_size) == 2 and all(int(s) > 0 for s in image_size), "(H, W) > 0")
 
     @classmethod
     def configure_pre_processor(
@@ -261,16 +296,30 @@ class Ckaad(AnomalibModule):
                 cast("optim.Optimizer", opt_d), gradient_clip_val=self.d_grad_clip, gradient_clip_algorithm="norm"
             )
             opt_d.step()
-            self.log("train_d_loss", d_loss.detach(), on_step=False, on_epoch=True, logger=True)
+            self.log("train_d_loss", d_loss.detach(), on_step=False, on_epoch=True, logger=True, batch_size=len(images))
             adv_energies = self.model.energies(recons)  # scored by the just-updated D
 
-        loss = self.loss.autoencoder(rec_loss, adv_energies)
+        push = None
+        if self.loss.push_weight > 0 and anomalous.any():
+            scores = self.model.score(features, recons, images.shape[-2:]).pred_score
+            assert scores is not None  # noqa: S101 - score() always fills it
+            push = self.loss.push(scores[anomalous], scores[normal])
+            self.log("train_push_loss", push.detach(), on_step=False, on_epoch=True, batch_size=len(images))
+        loss = self.loss.autoencoder(rec_loss, adv_energies, push)
         opt_ae = optimizers[0]
         opt_ae.zero_grad()
         self.manual_backward(loss)
         opt_ae.step()
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
-        self.log("train_rec_loss", rec_loss.detach(), on_step=False, on_epoch=True, logger=True)
+        self.log(
+            "train_loss",
+            loss.detach(),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            logger=True,
+            batch_size=len(images),
+        )
+        self.log("train_rec_loss", rec_loss.detach(), on_step=False, on_epoch=True, logger=True, batch_size=len(images))
         return {"loss": loss.detach()}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

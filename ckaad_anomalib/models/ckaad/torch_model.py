@@ -176,6 +176,19 @@ class CkaadModel(nn.Module):
             out.append(self.image_discriminator(features))
         return out
 
+    def score(
+        self,
+        features: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> InferenceBatch:
+        """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
+        anomaly_map = self.anomaly_map_generator(features, reconstructions, image_size)
+        return InferenceBatch(
+            pred_score=image_score(anomaly_map, self.score_mode, self.top_k),
+            anomaly_map=anomaly_map,
+        )
+
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
         """Training: features and reconstructions. Inference: anomaly map and image score.
 
@@ -189,8 +202,4 @@ class CkaadModel(nn.Module):
         reconstructions = self.autoencoder(features)
         if self.training:
             return TrainOutput(features, reconstructions)
-        anomaly_map = self.anomaly_map_generator(features, reconstructions, images.shape[-2:])
-        return InferenceBatch(
-            pred_score=image_score(anomaly_map, self.score_mode, self.top_k),
-            anomaly_map=anomaly_map,
-        )
+        return self.score(features, reconstructions, images.shape[-2:])
