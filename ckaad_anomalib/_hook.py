@@ -48,7 +48,38 @@ def _install_reader() -> None:
     install()
 
 
-ACTIONS = {READER: _install_reader, TARGET: _register}  # what to run right after each module has been imported
+def _log_once() -> None:
+    """Make ``anomalib.loggers.configure_logger`` (called by the CLI) leave one console handler, not two.
+
+    It calls ``logging.basicConfig`` (a plain stderr handler) and then adds a rich handler to the root logger, so every
+    log line of ``anomalib train`` was printed twice. The wrapper removes the plain handler it added; the rich one
+    stays.
+    """
+    import functools
+    import logging
+
+    module = sys.modules[LOGGERS]
+    original = module.configure_logger
+    if getattr(original, "__wrapped__", None) is not None:
+        return
+
+    @functools.wraps(original)
+    def configure_logger(level: int | str = logging.INFO) -> None:
+        root = logging.getLogger()
+        before = set(root.handlers)
+        original(level)
+        added = [handler for handler in root.handlers if handler not in before]
+        if any(type(handler).__name__ == "RichHandler" for handler in added):
+            for handler in added:
+                if type(handler) is logging.StreamHandler:
+                    root.removeHandler(handler)
+
+    module.configure_logger = configure_logger
+
+
+LOGGERS = "anomalib.loggers"
+# what to run right after each module has been imported
+ACTIONS = {READER: _install_reader, LOGGERS: _log_once, TARGET: _register}
 
 
 class _RegisteringLoader(importlib.abc.Loader):

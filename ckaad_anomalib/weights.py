@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,60 @@ def install_lite0_weights(cache_dir: str | Path | None = None, *, force: bool = 
     ref.write_text(digest)
     logger.info("Installed tf_efficientnet_lite0 ImageNet weights at %s", out)
     return out
+
+
+PROBE_TIMEOUT_S = 3.0
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def weights_are_cached(backbone: str) -> bool | None:
+    """Whether timm's pretrained weights of ``backbone`` are already on disk (``None``: timm knows no weights).
+
+    Looks where timm loads from: the Hugging Face hub cache entry (``hf_hub_id``), else torch hub's checkpoint
+    folder (``url``).
+    """
+    import timm
+
+    cfg = timm.get_pretrained_cfg(backbone, allow_unregistered=False)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, name), str) for name in names)
+    if isinstance(cfg.url, str) and cfg.url:
+        import torch
+
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
+    return None
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """One quick TCP probe of the Hugging Face endpoint (DNS included), bounded by ``timeout`` seconds."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+    def connect() -> bool:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, FutureTimeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)  # a DNS lookup that hangs is left behind, not waited for
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ckaad_anomalib.data import make_mvtec_like_dataset
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,9 @@ def test_train_test_predict_export(mvtec_root: Path, lite0_weights: Path, tmp_pa
     assert train.returncode == 0, train.stderr[-3000:]
     for metric in ("image_AUROC", "image_F1Score", "pixel_AUROC"):
         assert 0.0 <= _metric(train.stdout, metric) <= 1.0
+    output = train.stdout + train.stderr
+    assert output.count("Initializing Ckaad model.") == 1  # logged once, not by a plain and a rich handler
+    assert "batch size we found" not in output  # self.log is told the batch size
     ckpt = next(tmp_path.glob("results/Ckaad/MVTecAD/brick/v*/weights/lightning/model.ckpt"))
 
     datamodule = ["--data", "MVTecAD", "--data.root", str(mvtec_root), "--data.category", "brick"]
@@ -99,3 +103,16 @@ def test_benchmark_grid_with_recon_twin(mvtec_root: Path, lite0_weights: Path, t
     assert len(csv) == 3  # header + Ckaad + Recon
     assert "image_AUROC" in csv[0]
     assert all("Ckaad" in row for row in csv[1:])
+
+
+def test_cli_without_weights_prints_the_offline_help_first(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_mvtec_like_dataset(root, "brick", n_train=4, n_test_good=2, n_test_defect=2, image_size=32)
+    proc = run_cli(["anomalib", "train", "--model", "Ckaad", "--data", "MVTecAD", "--data.root", str(root)], tmp_path)
+    assert proc.returncode != 0
+    lines = (proc.stderr + proc.stdout).splitlines()
+    first = next(i for i, line in enumerate(lines) if "Pretrained weights for backbone 'wide_resnet50_2'" in line)
+    retries = [line for line in lines if "Retrying" in line or "retry" in line.lower()]
+    assert not retries
+    assert len(lines) < 120, len(lines)
+    assert first < next((i for i, line in enumerate(lines) if "Traceback" in line), len(lines))

@@ -96,3 +96,20 @@ def test_missing_pretrained_weights_say_how_to_provide_them_offline() -> None:
     assert "RuntimeError: Pretrained weights for backbone 'resnet18' could not be loaded" in proc.stderr
     assert "HF_HUB_OFFLINE=1" in proc.stderr
     assert "ckaad-weights" in proc.stderr
+
+
+def test_no_weights_and_no_hub_fails_fast_with_the_message_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: five download retries with back-off and 308 lines, the helpful message at the very bottom."""
+    from huggingface_hub import constants
+
+    from ckaad_anomalib import weights
+
+    assert weights.weights_are_cached("resnet18") is False  # nothing downloads here
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    assert weights.hub_reachable() is False
+    with pytest.raises(RuntimeError, match=r"'resnet18' could not be loaded \(not in the local cache") as info:
+        CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=True)
+    assert info.value.__cause__ is None  # no chained download traceback
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.hub_reachable() is False

@@ -7,6 +7,7 @@ exported graph holds extractor + auto-encoder + map/score only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
@@ -20,6 +21,8 @@ from torch import nn
 from .anomaly_map import AnomalyMapGenerator, ScoreMode, image_score
 from .autoencoder import FeatureAutoEncoder
 from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
+
+logger = logging.getLogger(__name__)
 
 
 class DiscriminatorType(StrEnum):
@@ -65,13 +68,21 @@ def build_extractor(backbone: str, layers: Sequence[str | int], pre_trained: boo
     if not layers:
         msg = "layers must name at least one backbone stage."
         raise ValueError(msg)
+    from huggingface_hub import constants
+
+    from ckaad_anomalib.weights import hub_reachable, weights_are_cached
+
+    if pre_trained and weights_are_cached(backbone) is False and not hub_reachable():
+        # fail in seconds, before huggingface_hub's retries with back-off (minutes, hundreds of log lines)
+        error = "not in the local cache and the hub is unreachable or HF_HUB_OFFLINE is set"
+        msg = OFFLINE_WEIGHTS_HELP.format(backbone=backbone, error=error, cache=constants.HF_HUB_CACHE)
+        logger.error(msg)  # first on screen, above the CLI's traceback
+        raise RuntimeError(msg)
     try:
         extractor = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=pre_trained)
     except OSError as exc:  # huggingface_hub's download/cache errors are OSErrors
-        from huggingface_hub import constants
-
         msg = OFFLINE_WEIGHTS_HELP.format(backbone=backbone, error=exc.__class__.__name__, cache=constants.HF_HUB_CACHE)
-        raise RuntimeError(msg) from exc
+        raise RuntimeError(msg) from None  # the chained download traceback only buries this message
     if len(extractor.layers) != len(layers):  # anomalib drops unknown layer names with only a warning
         import timm
 
@@ -131,8 +142,8 @@ class CkaadModel(nn.Module):
         if any(side % granularity or side < 2 * granularity for side in input_size):
             msg = (
                 f"input size {tuple(input_size)} must be a multiple of {granularity} and at least {2 * granularity} "
-                f"(2 and 4 times the deepest stride of {backbone} {list(layers)}): set the pre-processor's Resize "
-                "accordingly, e.g. 256×256."
+                f"(2 and 4 times the deepest stride of {backbone} {list(layers)}): set --model.image_size "
+                "(Ckaad(image_size=...)) accordingly, e.g. [256, 256]."
             )
             raise ValueError(msg)
         # built before D so that CKAAD and its Recon twin start from the same AE weights under one seed
