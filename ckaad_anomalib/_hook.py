@@ -74,7 +74,7 @@ def _log_once() -> None:
                 if type(handler) is logging.StreamHandler:
                     root.removeHandler(handler)
 
-    module.configure_logger = configure_logger
+    module.configure_logger = configure_logger  # type: ignore[attr-defined]
 
 
 LOGGERS = "anomalib.loggers"
