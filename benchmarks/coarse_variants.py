@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recon_push": {"adv_weight": 0.0, "push_weight": 0.1},
     "focus": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1},
     "focus_push": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "push_weight": 0.1},
+    "energy": {"energy_weight": 1.0},
+    "focus_energy": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
+    "mil_energy": {"d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
 }
 TEXTURE_DEFECTS = ("scratch", "stain", "foreign")
 

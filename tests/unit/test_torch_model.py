@@ -113,3 +113,30 @@ def test_no_weights_and_no_hub_fails_fast_with_the_message_first(monkeypatch: py
     assert info.value.__cause__ is None  # no chained download traceback
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert weights.hub_reachable() is False
+
+
+def test_energy_score_fuses_the_patch_discriminator_and_keeps_it_in_the_export(seeded: None) -> None:
+    model = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight=2.0, margin=4.0)
+    model.train()
+    features, recons = model(torch.randn(3, 3, 64, 64))
+    model.track_distance_scale(features, recons)
+    mean_distance = sum(
+        float((1 - torch.cosine_similarity(f, r, dim=1)).mean()) for f, r in zip(features, recons, strict=True)
+    )
+    assert float(model.distance_scale) == pytest.approx(1 + 0.05 * (mean_distance - 1))  # 5 % of the way
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    features = model.extract(x)
+    recons = model.autoencoder(features)
+    distance = model.anomaly_map_generator(features, recons, (64, 64))
+    energy = model.anomaly_map_generator.combine(model.patch_discriminator(features), (64, 64))
+    torch.testing.assert_close(out.anomaly_map, distance / model.distance_scale + 2.0 / 4.0 * energy)
+    with model.inference_only():
+        program = torch.export.export(model, (x,))
+    to_param = program.graph_signature.inputs_to_parameters
+    used = {to_param[n.name] for n in program.graph.nodes if n.op == "placeholder" and n.name in to_param and n.users}
+    assert any(name.startswith("patch_discriminator.") for name in used)  # the export carries the (small) patch D
+    torch.testing.assert_close(program.module()(x).anomaly_map, out.anomaly_map)
+    with pytest.raises(ValueError, match=r"energy_weight=1\.0 needs a patch discriminator"):
+        CkaadModel(**RESNET18, input_size=(64, 64), discriminator="image", energy_weight=1.0)

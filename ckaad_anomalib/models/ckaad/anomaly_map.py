@@ -46,6 +46,11 @@ class AnomalyMapGenerator(nn.Module):
         size = compute_kernel_size(sigma)  # anomalib's rule: 2·⌊4σ+0.5⌋+1
         self.blur = GaussianBlur2d((size, size), (sigma, sigma), border_type="reflect", separable=True)
 
+    def combine(self, maps: Sequence[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Upsample per-stage ``(N, 1, h, w)`` maps to ``image_size``, sum them and blur: ``(N, 1, H, W)``."""
+        upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps]
+        return self.blur(torch.stack(upsampled).sum(0))
+
     def forward(
         self,
         features: Sequence[torch.Tensor],
@@ -53,16 +58,12 @@ class AnomalyMapGenerator(nn.Module):
         image_size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
         """Return the anomaly map of shape ``(N, 1, H, W)`` with ``(H, W) = image_size``."""
-        maps = [
-            F.interpolate(
-                (1 - F.cosine_similarity(f, r, dim=1)).unsqueeze(1),
-                size=image_size,
-                mode="bilinear",
-                align_corners=False,
-            )
-            for f, r in zip(features, reconstructions, strict=True)
-        ]
-        return self.blur(torch.stack(maps).sum(0))
+        return self.combine(distance_maps(features, reconstructions), image_size)
+
+
+def distance_maps(features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-stage ``1 − cos`` along channels, ``(N, 1, h, w)`` each."""
+    return [(1 - F.cosine_similarity(f, r, dim=1)).unsqueeze(1) for f, r in zip(features, reconstructions, strict=True)]
 
 
 def image_score(anomaly_map: torch.Tensor, mode: ScoreMode | str = ScoreMode.TOPK, top_k: int = 100) -> torch.Tensor:

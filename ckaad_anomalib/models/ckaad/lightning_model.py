@@ -110,6 +110,9 @@ class Ckaad(AnomalibModule):
             to reach ``1 + push_margin`` times the batch's normal mean, so the auto-encoder learns directly not to
             reconstruct the most deviating region of a labelled anomaly (see ``loss.push_loss``).
         push_margin: Relative margin of the push term.
+        energy_weight: ``0`` (paper): score by reconstruction distance only. ``w > 0``: add the patch
+            discriminator's energy map of the input features, ``w`` times (in units of ``margin``), to the distance
+            map (in units of its normal running mean); the exported graph then holds the patch discriminator.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -144,6 +147,7 @@ class Ckaad(AnomalibModule):
         mil_fraction: float | None = None,
         push_weight: float = 0.0,
         push_margin: float = 1.0,
+        energy_weight: float = 0.0,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -189,6 +193,8 @@ class Ckaad(AnomalibModule):
             sigma=sigma,
             top_k=top_k,
             score_mode=score_mode,
+            energy_weight=energy_weight,
+            margin=margin,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
@@ -279,6 +285,8 @@ class Ckaad(AnomalibModule):
         assert isinstance(out, TrainOutput)  # noqa: S101 - train mode contract
         features, recons = out
         rec_loss = reconstruction_loss([f[normal] for f in features], [r[normal] for r in recons])
+        if self.model.energy_weight > 0:
+            self.model.track_distance_scale([f[normal] for f in features], [r[normal] for r in recons])
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]

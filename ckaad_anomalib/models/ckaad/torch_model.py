@@ -18,7 +18,7 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator, ScoreMode, image_score
+from .anomaly_map import AnomalyMapGenerator, ScoreMode, distance_maps, image_score
 from .autoencoder import FeatureAutoEncoder
 from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
 
@@ -108,6 +108,12 @@ class CkaadModel(nn.Module):
         sigma: Gaussian blur σ of the anomaly map.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` or ``"mean"``.
+        energy_weight: ``0`` (paper): the map is the reconstruction distance alone. ``w > 0``: the map is
+            ``distance / distance_scale + w · energy / margin``, where ``energy`` is the patch discriminator's map of
+            the *input* features (upsampled, blurred like the distance) and ``distance_scale`` a running mean of the
+            normal training images' distance (a buffer, exported with the model). Needs the patch discriminator,
+            which then stays in the exported graph.
+        margin: Energy margin ``m`` of the discriminator loss (the unit of the energy map).
 
     Example:
         >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
@@ -116,6 +122,8 @@ class CkaadModel(nn.Module):
         >>> tuple(out.anomaly_map.shape), tuple(out.pred_score.shape)
         ((2, 1, 64, 64), (2,))
     """
+
+    distance_scale: torch.Tensor
 
     def __init__(
         self,
@@ -127,6 +135,8 @@ class CkaadModel(nn.Module):
         sigma: float = 4.0,
         top_k: int = 100,
         score_mode: ScoreMode | str = ScoreMode.TOPK,
+        energy_weight: float = 0.0,
+        margin: float = 5.0,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -158,12 +168,26 @@ class CkaadModel(nn.Module):
             else None
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
+        if energy_weight < 0 or (energy_weight > 0 and self.patch_discriminator is None):
+            msg = (
+                f"energy_weight={energy_weight} needs a patch discriminator (discriminator 'patch' or 'both', "
+                "adv_weight > 0) and must be >= 0."
+            )
+            raise ValueError(msg)
+        self.energy_weight, self.margin = energy_weight, margin
+        self.register_buffer("distance_scale", torch.tensor(1.0))
 
     @contextmanager
     def inference_only(self) -> Iterator[CkaadModel]:
-        """Temporarily drop the discriminators (training-only) so exports carry none of their weights."""
+        """Temporarily drop what inference does not use, so exports carry none of its weights.
+
+        That is every discriminator, except the patch discriminator when its energy is part of the score
+        (``energy_weight > 0``).
+        """
         saved = self.patch_discriminator, self.image_discriminator
-        self.patch_discriminator = self.image_discriminator = None
+        self.image_discriminator = None
+        if self.energy_weight == 0:
+            self.patch_discriminator = None
         try:
             yield self
         finally:
@@ -187,6 +211,12 @@ class CkaadModel(nn.Module):
             out.append(self.image_discriminator(features))
         return out
 
+    @torch.no_grad()
+    def track_distance_scale(self, features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> None:
+        """Update the running mean of the normal images' distance (momentum 0.05), the unit of the fused map."""
+        current = torch.stack([m.mean() for m in distance_maps(features, reconstructions)]).sum()
+        self.distance_scale.lerp_(current.to(self.distance_scale.dtype), 0.05)
+
     def score(
         self,
         features: Sequence[torch.Tensor],
@@ -195,6 +225,9 @@ class CkaadModel(nn.Module):
     ) -> InferenceBatch:
         """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
         anomaly_map = self.anomaly_map_generator(features, reconstructions, image_size)
+        if self.energy_weight > 0 and self.patch_discriminator is not None:
+            energy = self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size)
+            anomaly_map = anomaly_map / self.distance_scale + self.energy_weight / self.margin * energy
         return InferenceBatch(
             pred_score=image_score(anomaly_map, self.score_mode, self.top_k),
             anomaly_map=anomaly_map,
