@@ -47,12 +47,34 @@ def small_ckaad(**kwargs: object) -> torch.nn.Module:
     return Ckaad(**args)  # type: ignore[arg-type]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """Run a console command of this venv in a fresh process (so only the start-up hook can register Ckaad)."""
+# Subprocess time limits only catch hangs: a busy 2-core machine ran one CLI test 6x slower than an idle one, so each
+# limit is the work's idle time times this factor (raise it on slower machines).
+TIMEOUT_SCALE = float(os.environ.get("CKAAD_TEST_TIMEOUT_SCALE", "10"))
+
+
+def scaled_timeout(idle_seconds: float) -> float:
+    """A subprocess limit for work that takes ``idle_seconds`` on an idle 2-core machine."""
+    return idle_seconds * TIMEOUT_SCALE
+
+
+def run_cli(args: list[str], cwd: Path, idle_seconds: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a console command of this venv in a fresh process (so only the start-up hook can register Ckaad).
+
+    Args:
+        args: Command and arguments.
+        cwd: Working directory.
+        idle_seconds: How long the command takes on an idle 2-core machine; the limit is a multiple of it.
+    """
     exe = Path(sys.executable).parent / args[0]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [str(exe), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [str(exe), *args[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled_timeout(idle_seconds),
+        check=False,
     )
 
 

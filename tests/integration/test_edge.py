@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, scaled_timeout
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,12 @@ NO_TORCH = (
 
 def _edge(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=300
+        [sys.executable, "-c", NO_TORCH, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=scaled_timeout(30),
     )
 
 
