@@ -157,6 +157,13 @@ class SyntheticAnomalyDataset(Dataset):
         )
 
 
+def _distributed() -> tuple[int, int]:
+    """``(num_replicas, rank)`` of the default process group, ``(1, 0)`` outside distributed training."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 class NormalAnomalyBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` normal indices plus ``anomaly_batch_size`` anomaly indices, anomalies cycled.
 
@@ -164,12 +171,20 @@ class NormalAnomalyBatchSampler(Sampler[list[int]]):
     layout of ``ConcatDataset([normal, anomalous])``). An epoch is one pass over the normal images. The anomalies
     are reshuffled whenever they run out.
 
+    Distributed training (one sampler per rank): every rank draws the same permutation of the normal images and
+    takes every ``num_replicas``-th of it, so the ranks' batches are disjoint and together cover the epoch (padded
+    with the first images of the permutation when the count does not divide, as ``DistributedSampler`` does). Each
+    rank cycles its own share of the anomalies (all of them if there are fewer anomalies than ranks), so every batch
+    of every rank holds anomalies whenever there are any, and all ranks take the same discriminator step.
+
     Args:
         n_normal: Number of normal images.
         n_anomalous: Number of anomalies (0: plain normal batches).
-        batch_size: Normal images per batch.
-        anomaly_batch_size: Anomalies per batch (default ``min(batch_size, n_anomalous)``).
+        batch_size: Normal images per batch (per rank).
+        anomaly_batch_size: Anomalies per batch (default ``min(batch_size, anomalies of this rank)``).
         seed: Seed of the shuffles; the same seed gives the same batches, epoch after epoch.
+        num_replicas: Number of ranks (default: the process group's world size, or 1).
+        rank: This rank (default: the process group's rank, or 0).
     """
 
     def __init__(
@@ -179,31 +194,51 @@ class NormalAnomalyBatchSampler(Sampler[list[int]]):
         batch_size: int,
         anomaly_batch_size: int | None = None,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         super().__init__()
         if n_normal < 1 or batch_size < 1:
             msg = f"need normal images and a positive batch size, got n_normal={n_normal}, batch_size={batch_size}."
             raise ValueError(msg)
+        world, own_rank = _distributed()
+        self.num_replicas = world if num_replicas is None else num_replicas
+        self.rank = own_rank if rank is None else rank
+        if not 0 <= self.rank < self.num_replicas:
+            msg = f"rank must lie in [0, num_replicas={self.num_replicas}), got {self.rank}."
+            raise ValueError(msg)
         self.n_normal, self.n_anomalous, self.batch_size = n_normal, n_anomalous, batch_size
-        size = min(batch_size, n_anomalous) if anomaly_batch_size is None else anomaly_batch_size
-        self.anomaly_batch_size = min(size, n_anomalous)
+        spread = n_anomalous >= self.num_replicas
+        self.anomaly_pool = list(range(self.rank, n_anomalous, self.num_replicas) if spread else range(n_anomalous))
+        size = min(batch_size, len(self.anomaly_pool)) if anomaly_batch_size is None else anomaly_batch_size
+        self.anomaly_batch_size = min(size, len(self.anomaly_pool))
+        # normals: one generator, identical on every rank (same permutation); anomalies: a generator of their own
         self.generator = torch.Generator().manual_seed(seed)
+        self.anomaly_generator = torch.Generator().manual_seed(seed + 1_000_003 * (self.rank + 1))
         self._anomaly_order: list[int] = []
 
+    @property
+    def per_rank(self) -> int:
+        """Normal images each rank sees per epoch."""
+        return math.ceil(self.n_normal / self.num_replicas)
+
     def __len__(self) -> int:
-        return math.ceil(self.n_normal / self.batch_size)
+        return math.ceil(self.per_rank / self.batch_size)
 
     def _next_anomalies(self) -> list[int]:
         picked: list[int] = []
         while len(picked) < self.anomaly_batch_size:
             if not self._anomaly_order:
-                self._anomaly_order = torch.randperm(self.n_anomalous, generator=self.generator).tolist()
+                order = torch.randperm(len(self.anomaly_pool), generator=self.anomaly_generator).tolist()
+                self._anomaly_order = [self.anomaly_pool[i] for i in order]
             picked.append(self.n_normal + self._anomaly_order.pop())
         return picked
 
     def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(self.n_normal, generator=self.generator).tolist()
-        for start in range(0, self.n_normal, self.batch_size):
+        total = self.per_rank * self.num_replicas
+        order = (order * math.ceil(total / self.n_normal))[:total][self.rank :: self.num_replicas]
+        for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size] + self._next_anomalies()
 
 
@@ -448,8 +483,22 @@ class CoarseAnomalyDataModule(PresplitDataModule):
             self.coarse_samples.to_csv(out, index=False)
             logger.info("Coarse anomaly list written to %s", out)
 
+    def _check_distributed(self) -> None:
+        """Under DDP, Lightning must not wrap the sampler: :class:`NormalAnomalyBatchSampler` shards per rank itself."""
+        trainer = self.trainer
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer is not None and trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            msg = (
+                "CoarseAnomalyDataModule shards its training batches across ranks itself (normal images disjoint per "
+                "rank, each rank its share of the coarse anomalies): train with use_distributed_sampler=False, e.g. "
+                "Engine(accelerator='gpu', devices=2, strategy='ddp_find_unused_parameters_true', "
+                "use_distributed_sampler=False)."
+            )
+            raise RuntimeError(msg)
+
     def train_dataloader(self) -> DataLoader:
-        """Normal images plus cycled coarse anomalies in every batch."""
+        """Normal images plus cycled coarse anomalies in every batch (sharded per rank under DDP)."""
+        self._check_distributed()
         coarse = self.coarse_data
         n_anom = len(coarse) if coarse is not None else 0
         datasets = [self.train_data, coarse] if coarse is not None and n_anom else [self.train_data]

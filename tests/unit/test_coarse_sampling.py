@@ -62,3 +62,25 @@ def test_cutpaste_changes_one_rectangle(seeded: None) -> None:
     box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
     assert changed.sum() <= box  # confined to one rectangle
     assert box <= 0.15 * 32 * 32 * 1.5
+
+
+@pytest.mark.parametrize(("n_normal", "n_anomalous"), [(12, 5), (11, 1), (16, 0)])
+def test_ranks_get_disjoint_normals_covering_the_epoch_and_anomalies_in_every_batch(
+    n_normal: int, n_anomalous: int
+) -> None:
+    ranks = [NormalAnomalyBatchSampler(n_normal, n_anomalous, 4, seed=7, num_replicas=2, rank=r) for r in (0, 1)]
+    for _ in range(3):  # epochs: the ranks stay in step
+        batches = [list(s) for s in ranks]
+        assert len(batches[0]) == len(batches[1]) == len(ranks[0])  # same step count: no rank waits on another
+        normals = [[i for b in rank for i in b if i < n_normal] for rank in batches]
+        assert len(normals[0]) == len(normals[1]) == -(-n_normal // 2)
+        union = normals[0] + normals[1]
+        assert set(union) == set(range(n_normal))  # together they cover the epoch
+        assert len(union) - len(set(union)) == n_normal % 2  # disjoint, but for DistributedSampler-style padding
+        for rank in batches:
+            assert all(any(i >= n_normal for i in b) == (n_anomalous > 0) for b in rank)
+    pools = [set(s.anomaly_pool) for s in ranks]
+    assert pools[0] | pools[1] == set(range(n_anomalous))
+    assert (pools[0] & pools[1]) == (pools[0] if 0 < n_anomalous < 2 else set())  # one anomaly: both ranks use it
+    with pytest.raises(ValueError, match="rank must lie"):
+        NormalAnomalyBatchSampler(4, 0, 2, num_replicas=2, rank=2)

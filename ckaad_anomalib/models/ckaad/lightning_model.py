@@ -304,7 +304,7 @@ class Ckaad(AnomalibModule):
                 cast("optim.Optimizer", opt_d), gradient_clip_val=self.d_grad_clip, gradient_clip_algorithm="norm"
             )
             opt_d.step()
-            self.log("train_d_loss", d_loss.detach(), on_step=False, on_epoch=True, logger=True, batch_size=len(images))
+            self._log_epoch("train_d_loss", d_loss, len(images))
             adv_energies = self.model.energies(recons)  # scored by the just-updated D
 
         push = None
@@ -312,23 +312,21 @@ class Ckaad(AnomalibModule):
             scores = self.model.score(features, recons, images.shape[-2:]).pred_score
             assert scores is not None  # noqa: S101 - score() always fills it
             push = self.loss.push(scores[anomalous], scores[normal])
-            self.log("train_push_loss", push.detach(), on_step=False, on_epoch=True, batch_size=len(images))
+            self._log_epoch("train_push_loss", push, len(images))
         loss = self.loss.autoencoder(rec_loss, adv_energies, push)
         opt_ae = optimizers[0]
         opt_ae.zero_grad()
         self.manual_backward(loss)
         opt_ae.step()
-        self.log(
-            "train_loss",
-            loss.detach(),
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            logger=True,
-            batch_size=len(images),
-        )
-        self.log("train_rec_loss", rec_loss.detach(), on_step=False, on_epoch=True, logger=True, batch_size=len(images))
+        self._log_epoch("train_loss", loss, len(images), prog_bar=True)
+        self._log_epoch("train_rec_loss", rec_loss, len(images))
         return {"loss": loss.detach()}
+
+    def _log_epoch(self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:
+        """Log an epoch mean, weighted by the true batch size and averaged over ranks under DDP."""
+        self.log(
+            name, value.detach(), on_epoch=True, on_step=False, prog_bar=prog_bar, batch_size=batch_size, sync_dist=True
+        )
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation metrics and thresholds."""
