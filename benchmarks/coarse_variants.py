@@ -195,7 +195,7 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
     )
     timer = StepTimer()
     callbacks: list[Callback] = [timer]
-    diagnostics = Diagnostics(datamodule) if args.diagnose else None
+    diagnostics = Diagnostics(datamodule) if args.diagnose and seed == args.seeds[0] else None
     if diagnostics is not None:
         callbacks.append(diagnostics)
     with tempfile.TemporaryDirectory() as root:
@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--texture-root", type=Path, default=Path("datasets/coarse_texture"))
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--diagnose", action="store_true", help="record per-epoch diagnostics and plot them")
+    parser.add_argument("--diagnose", action="store_true", help="per-epoch diagnostics of the first seed, plotted")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coarse"))
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -342,7 +342,12 @@ def main() -> None:
         install_lite0_weights()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    rows, records = [], []
+    rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    header = (
+        f"{args.backbone} {args.layers}, {args.image_size}px, {args.epochs} epochs, batch {args.batch_size}, "
+        f"lr {args.lr}, r_l {args.ratio}, seeds {args.seeds}"
+    )
     for data in args.data:
         for seed in args.seeds:
             for variant in args.variants:
@@ -350,21 +355,21 @@ def main() -> None:
                 rows.append(row)
                 records += diag
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-                with (args.out / "runs.csv").open("w", newline="") as handle:  # rewritten after every run
-                    writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-                    writer.writeheader()
-                    writer.writerows(rows)
-    table = summarise(rows)
-    header = (
-        f"{args.backbone} {args.layers}, {args.image_size}px, {args.epochs} epochs, batch {args.batch_size}, "
-        f"lr {args.lr}, r_l {args.ratio}, seeds {args.seeds}"
-    )
-    print(f"\n{header}\n{table}")
-    (args.out / "table.md").write_text(f"{header}\n{table}")
+                write_outputs(args.out, header, rows, records)  # after every run: a stopped grid keeps its results
+    print(f"\n{header}\n{summarise(rows)}")
+
+
+def write_outputs(out: Path, header: str, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """``runs.csv``, ``table.md`` and, with diagnostics, ``diagnostics.jsonl`` and the plots."""
+    with (out / "runs.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "table.md").write_text(f"{header}\n{summarise(rows)}")
     if records:
-        with (args.out / "diagnostics.jsonl").open("w") as handle:
+        with (out / "diagnostics.jsonl").open("w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in records)
-        plot(records, args.out)
+        plot(records, out)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ckaad_anomalib import Ckaad, install_lite0_weights
-from ckaad_anomalib.models.ckaad.lightning_model import int8_ignored_ops
+from ckaad_anomalib.models.ckaad.export import int8_ignored_ops
 
 BACKBONES = {
     "tf_efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
