@@ -261,6 +261,36 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DIAGNOSTIC_COLUMNS = {
+    "D loss": lambda r: r.get("train_d_loss"),
+    "E normal (test)": lambda r: r.get("energy_test_normal"),
+    "E anomalous (test)": lambda r: r.get("energy_test_anomalous"),
+    "E coarse": lambda r: r.get("energy_coarse"),
+    "E recon of normal": lambda r: r.get("energy_rec_test_normal"),
+    "E recon of anomalous": lambda r: r.get("energy_rec_test_anomalous"),
+    "grad adv / grad rec": lambda r: r["grad_adv"] / r["grad_rec"] if "grad_adv" in r else None,
+    "score ratio anomalous / normal (test)": lambda r: r["score_test_anomalous"] / r["score_test_normal"],
+    "score ratio coarse / normal": lambda r: r["score_coarse"] / r["score_test_normal"],
+}
+
+
+def summarise_diagnostics(records: list[dict[str, Any]]) -> str:
+    """Markdown table of the last epoch's diagnostics per dataset and variant (first seed)."""
+    lines = [
+        "",
+        "| data | variant | epoch | " + " | ".join(DIAGNOSTIC_COLUMNS) + " |",
+        "|---" * (len(DIAGNOSTIC_COLUMNS) + 3) + "|",
+    ]
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        last[(record["data"], record["variant"])] = record
+    for (data, variant), record in last.items():
+        values = [column(record) for column in DIAGNOSTIC_COLUMNS.values()]
+        cells = ["–" if v is None else f"{v:.3f}" for v in values]
+        lines.append(f"| {data} | {variant} | {record['epoch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records: list[dict[str, Any]], out: Path) -> None:
     """One figure per dataset: score ratio anomalous/normal, D energies, losses and gradient norms per epoch."""
     import matplotlib as mpl
@@ -336,7 +366,11 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--diagnose", action="store_true", help="per-epoch diagnostics of the first seed, plotted")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coarse"))
+    parser.add_argument("--report", action="store_true", help="only rewrite table.md and plots from --out's files")
     args = parser.parse_args()
+    if args.report:
+        report(args.out)
+        return
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.backbone == "tf_efficientnet_lite0":
         install_lite0_weights()
@@ -359,13 +393,28 @@ def main() -> None:
     print(f"\n{header}\n{summarise(rows)}")
 
 
+def report(out: Path) -> None:
+    """Rewrite ``table.md`` and the plots of a finished (or stopped) grid from its ``runs.csv`` and diagnostics."""
+    with (out / "runs.csv").open() as handle:
+        rows: list[dict[str, Any]] = [
+            {k: (v if k in {"data", "variant"} else float(v)) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(handle)
+        ]
+    diagnostics = out / "diagnostics.jsonl"
+    records = [json.loads(line) for line in diagnostics.read_text().splitlines()] if diagnostics.is_file() else []
+    header = (out / "table.md").read_text().splitlines()[0] if (out / "table.md").is_file() else str(out)
+    write_outputs(out, header, rows, records)
+    print((out / "table.md").read_text())
+
+
 def write_outputs(out: Path, header: str, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
     """``runs.csv``, ``table.md`` and, with diagnostics, ``diagnostics.jsonl`` and the plots."""
     with (out / "runs.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "table.md").write_text(f"{header}\n{summarise(rows)}")
+    diagnostics = f"\nDiagnostics, last epoch, first seed:\n{summarise_diagnostics(records)}" if records else ""
+    (out / "table.md").write_text(f"{header}\n{summarise(rows)}{diagnostics}")
     if records:
         with (out / "diagnostics.jsonl").open("w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in records)
