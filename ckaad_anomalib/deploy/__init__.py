@@ -1,5 +1,5 @@
 """Edge deployment: torch-free OpenVINO inference (needs only openvino, numpy and pillow)."""
 
-from .openvino_infer import EdgeDetector, EdgeResult, Skipped, run
+from .openvino_infer import EdgeDetector, EdgeResult, OutputFile, Skipped, heatmap_overlay, load_image, run
 
-__all__ = ["EdgeDetector", "EdgeResult", "Skipped", "run"]
+__all__ = ["EdgeDetector", "EdgeResult", "OutputFile", "Skipped", "heatmap_overlay", "load_image", "run"]
