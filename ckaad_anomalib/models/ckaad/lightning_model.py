@@ -260,9 +260,10 @@ class Ckaad(AnomalibModule):
         out = self.model(images)
         assert isinstance(out, TrainOutput)  # noqa: S101 - train mode contract
         features, recons = out
-        rec_loss = reconstruction_loss([f[normal] for f in features], [r[normal] for r in recons])
+        normal_features, normal_recons = [f[normal] for f in features], [r[normal] for r in recons]
+        rec_loss = reconstruction_loss(normal_features, normal_recons)
         if self.model.energy_weight > 0:
-            self.model.track_distance_scale([f[normal] for f in features], [r[normal] for r in recons])
+            self.model.track_distance_scale(normal_features, normal_recons)
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -270,7 +271,7 @@ class Ckaad(AnomalibModule):
         if len(optimizers) > 1 and anomalous.any():
             opt_d = optimizers[1]
             d_loss = self.loss.discriminator(
-                self.model.energies([f[normal] for f in features]),
+                self.model.energies(normal_features),
                 self.model.energies([f[anomalous] for f in features]),
                 self.model.energies([r.detach() for r in recons]),
             )

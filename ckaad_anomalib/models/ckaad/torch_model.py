@@ -175,7 +175,8 @@ class CkaadModel(nn.Module):
             )
             raise ValueError(msg)
         self.energy_weight, self.margin = energy_weight, margin
-        self.register_buffer("distance_scale", torch.tensor(1.0))
+        # saved only when it is used: checkpoints of models without the energy score keep their keys
+        self.register_buffer("distance_scale", torch.tensor(1.0), persistent=energy_weight > 0)
 
     @contextmanager
     def inference_only(self) -> Iterator[CkaadModel]:
