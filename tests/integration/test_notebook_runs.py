@@ -18,7 +18,6 @@ def test_demo_notebook_executes(lite0_weights: Path, tmp_path: Path, monkeypatch
     from nbclient import NotebookClient
 
     monkeypatch.setenv("CKAAD_NOTEBOOK_EPOCHS", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         notebook, timeout=int(scaled_timeout(180)), kernel_name="python3", resources={"metadata": {"path": tmp_path}}
