@@ -87,7 +87,7 @@ def _metric(output: str, name: str) -> float:
     return float(match.group(1))
 
 
-@pytest.mark.realdata
+@pytest.mark.long
 def test_elpv_config_trains_on_real_coarse_anomalies(lite0_weights: Path, tmp_path: Path) -> None:
     del lite0_weights
     config = Path(__file__).parents[2] / "configs" / "ckaad_elpv_lite0.yaml"

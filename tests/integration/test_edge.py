@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_cli, scaled_timeout
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # shares the 90 s trained-and-exported fixture
 
 NO_TORCH = (
     "import sys\n"

@@ -20,7 +20,7 @@ from ckaad_anomalib.deploy import EdgeDetector
 from ckaad_anomalib.deploy.openvino_infer import load_image
 from tests.integration.conftest import export_datamodule as _datamodule
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # shares the 90 s trained-and-exported fixture
 
 
 def _inference_params(model: Ckaad) -> int:

@@ -11,7 +11,7 @@ from tests.conftest import scaled_timeout
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "ckaad_elpv_demo.ipynb"
 
 
-@pytest.mark.realdata
+@pytest.mark.long
 def test_demo_notebook_executes(lite0_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     del lite0_weights
     import nbformat
