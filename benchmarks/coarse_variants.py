@@ -106,9 +106,13 @@ class Diagnostics(Callback):
         self.records: list[dict[str, Any]] = []
 
     def _images(self, dataset: Any, label: int | None) -> torch.Tensor:  # noqa: ANN401 - any map-style dataset
-        picked = [dataset[i].image for i in range(len(dataset)) if label is None or int(dataset[i].gt_label) == label][
-            : self.limit
-        ]
+        picked: list[torch.Tensor] = []
+        for index in range(len(dataset)):  # each item read once, and no more than `limit` kept
+            item = dataset[index]
+            if label is None or int(item.gt_label) == label:
+                picked.append(item.image)
+                if len(picked) == self.limit:
+                    break
         return torch.stack(picked)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
