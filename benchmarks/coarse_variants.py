@@ -37,11 +37,14 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.metrics.aupro import _AUPRO
+from anomalib.models import AnomalibModule, Patchcore
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from sklearn.metrics import f1_score, roc_auc_score
+from torch.utils.data import DataLoader
 
 from ckaad_anomalib import Ckaad, install_lite0_weights
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
+from ckaad_anomalib.models.ckaad.anomaly_map import image_score
 from ckaad_anomalib.models.ckaad.loss import adversarial_loss, reconstruction_loss
 
 # name: Ckaad arguments on top of the shared ones. "paper" is the published method.
@@ -59,6 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "focus_energy": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
     "mil_energy": {"d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
 }
+# "patchcore" (see --variants) runs anomalib's PatchCore on the same backbone, pre-processing and files.
 TEXTURE_DEFECTS = ("scratch", "stain", "foreign")
 
 
@@ -163,7 +167,43 @@ class Diagnostics(Callback):
         self.records.append(record)
 
 
-def evaluate(engine: Engine, model: Ckaad, datamodule: CoarseAnomalyDataModule, seen: str | None) -> dict[str, float]:
+@torch.no_grad()
+def component_scores(model: Ckaad, dataloader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN401
+    """Image scores of the distance map alone and of the patch-D energy map alone, with the labels."""
+    net = model.model.eval()
+    distance, energy, labels = [], [], []
+    for batch in dataloader:
+        images = model.pre_processor.transform(batch.image)  # type: ignore[union-attr]
+        features = net.extract(images)
+        size = images.shape[-2:]
+        dist_map = net.anomaly_map_generator(features, net.autoencoder(features), size)
+        distance.append(image_score(dist_map, net.score_mode, net.top_k))
+        energy_map = net.anomaly_map_generator.combine(net.patch_discriminator(features), size)
+        energy.append(image_score(energy_map, net.score_mode, net.top_k))
+        labels.append(batch.gt_label.flatten())
+    return torch.cat(distance).numpy(), torch.cat(energy).numpy(), torch.cat(labels).int().numpy()
+
+
+def components(model: Ckaad, datamodule: CoarseAnomalyDataModule) -> dict[str, float]:
+    """Test AUROC of distance alone, energy alone, and their sum after standardising each on *validation normals*.
+
+    Recorded to show whether D's energy carries information the distance lacks; nothing here selects anything.
+    """
+    val_d, val_e, val_y = component_scores(model, datamodule.val_dataloader())
+    test_d, test_e, test_y = component_scores(model, datamodule.test_dataloader())
+    z_d = (test_d - val_d[val_y == 0].mean()) / val_d[val_y == 0].std()
+    z_e = (test_e - val_e[val_y == 0].mean()) / val_e[val_y == 0].std()
+    return {
+        "AUROCc_distance": roc_auc_score(test_y, test_d),
+        "AUROCc_energy": roc_auc_score(test_y, test_e),
+        "AUROCc_zsum": roc_auc_score(test_y, z_d + z_e),
+        "AUROCc_zmax": roc_auc_score(test_y, np.maximum(z_d, z_e)),
+    }
+
+
+def evaluate(
+    engine: Engine, model: AnomalibModule, datamodule: CoarseAnomalyDataModule, seen: str | None
+) -> dict[str, float]:
     """Image AUROC / F1 (threshold from validation), per-kind image AUROC, pixel AUROC and AUPRO (if masks)."""
     batches = engine.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=True) or []
     scores = torch.cat([b.pred_score.flatten() for b in batches]).cpu().numpy()
@@ -189,14 +229,24 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
     """Train and evaluate one variant on one dataset and seed; return its row and its per-epoch diagnostics."""
     seed_everything(seed, workers=True)
     datamodule = make_datamodule(args, data, seed)
-    model = Ckaad(
-        backbone=args.backbone,
-        layers=tuple(args.layers),
-        lr=args.lr,
-        image_size=(args.image_size, args.image_size),
-        visualizer=False,
-        **VARIANTS[variant],
-    )
+    size = (args.image_size, args.image_size)
+    model: AnomalibModule
+    if variant == "patchcore":  # the unsupervised peer: same pre-processing, backbone and files, normals only
+        model = Patchcore(
+            backbone=args.backbone,
+            layers=args.layers[-2:],  # PatchCore's choice: the two deepest of the stages given (mid-level features)
+            pre_processor=Ckaad.configure_pre_processor(size, args.backbone),
+            visualizer=False,
+        )
+    else:
+        model = Ckaad(
+            backbone=args.backbone,
+            layers=tuple(args.layers),
+            lr=args.lr,
+            image_size=size,
+            visualizer=False,
+            **VARIANTS[variant],
+        )
     timer = StepTimer()
     callbacks: list[Callback] = [timer]
     diagnostics = Diagnostics(datamodule) if args.diagnose and seed == args.seeds[0] else None
@@ -212,16 +262,24 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
             callbacks=callbacks,
         )
         start = time.perf_counter()
-        engine.fit(model, datamodule=datamodule)
+        if isinstance(model, Ckaad):
+            engine.fit(model, datamodule=datamodule)
+        else:  # the same normal training images, without the coarse anomalies (it would memorise them as normal)
+            normals = DataLoader(
+                datamodule.train_data, batch_size=args.batch_size, collate_fn=datamodule.train_data.collate_fn
+            )
+            engine.fit(model, train_dataloaders=normals, val_dataloaders=datamodule.val_dataloader())
         fit_s = time.perf_counter() - start
         metrics = evaluate(engine, model, datamodule, args.seen if data == "texture" else None)
+        if isinstance(model, Ckaad) and model.model.patch_discriminator is not None:
+            metrics |= components(model, datamodule)
     row = {
         "data": data,
         "variant": variant,
         "seed": seed,
         "n_coarse": len(datamodule.coarse_samples),
         "fit_s": round(fit_s, 1),
-        "s_per_step": round(statistics.median(timer.times), 4),
+        "s_per_step": round(statistics.median(timer.times), 4) if timer.times else "",
         **{k: round(float(v), 4) for k, v in metrics.items()},
     }
     records = [
@@ -233,9 +291,8 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
 def summarise(rows: list[dict[str, Any]]) -> str:
     """Markdown table: mean ± std over seeds per dataset and variant, with the step-time ratio to Recon."""
     metrics = [k for k in rows[0] if k not in {"data", "variant", "seed", "n_coarse", "fit_s", "s_per_step"}]
-    metrics = sorted(
-        {k for r in rows for k in r} & set(metrics) | {k for r in rows for k in r if k.startswith("AUROC_")}
-    )
+    per_kind = {k for r in rows for k in r if k.startswith(("AUROC_", "AUROCc_"))}
+    metrics = sorted({k for r in rows for k in r} & set(metrics) | per_kind)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["data"], row["variant"])].append(row)
@@ -352,7 +409,10 @@ def main() -> None:
     """Parse arguments, run every dataset × seed × variant, print and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", default=["elpv-mono"], choices=["elpv-mono", "elpv-poly", "texture"])
-    parser.add_argument("--variants", nargs="+", default=["recon", "paper", "push"], choices=sorted(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=["recon", "paper", "push"], choices=[*sorted(VARIANTS), "patchcore"],
+        help="Ckaad variants (VARIANTS), and 'patchcore': anomalib's PatchCore on the same backbone and files",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=128)

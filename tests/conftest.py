@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,13 @@ def run_cli(args: list[str], cwd: Path, idle_seconds: float = 120) -> subprocess
         timeout=scaled_timeout(idle_seconds),
         check=False,
     )
+
+
+def printed_metric(output: str, name: str) -> float:
+    """A metric from the rich table that ``anomalib train/test`` prints."""
+    match = re.search(rf"{name}\s*│\s*([0-9.]+)", output)
+    assert match, f"{name} not printed:\n{output[-3000:]}"
+    return float(match.group(1))
 
 
 @pytest.fixture

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import re
+import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from ckaad_anomalib.data import make_mvtec_like_dataset
-from tests.conftest import run_cli
+from tests.conftest import printed_metric, run_cli
 
 pytestmark = pytest.mark.slow
 
 CONFIG = Path(__file__).parents[2] / "configs" / "ckaad_synthetic_lite0.yaml"
 MODEL = ["--model", "Ckaad", "--model.backbone", "tf_efficientnet_lite0"]
 MODEL += ["--model.layers", "[blocks.1,blocks.2,blocks.4]"]
-
-
-def _metric(output: str, name: str) -> float:
-    match = re.search(rf"{name}\s*│\s*([0-9.]+)", output)
-    assert match, f"{name} not printed:\n{output[-3000:]}"
-    return float(match.group(1))
 
 
 def test_fresh_interpreter_needs_no_import(tmp_path: Path) -> None:
@@ -41,18 +36,34 @@ def test_fresh_interpreter_needs_no_import(tmp_path: Path) -> None:
     assert proc.stdout.split() == ["Ckaad", "Ckaad", "Ckaad", "Ckaad", "True"]
 
 
-def test_train_test_predict_export(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
+class Trained(NamedTuple):
+    """One ``anomalib train`` run of the quick-start config, shared by the tests that use its checkpoint."""
+
+    workdir: Path
+    output: subprocess.CompletedProcess[str]
+    ckpt: Path
+
+
+@pytest.fixture(scope="module")
+def trained(mvtec_root: Path, lite0_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     del lite0_weights
+    workdir = tmp_path_factory.mktemp("cli")
     data = ["--data.root", str(mvtec_root)]
-    train = run_cli(["anomalib", "train", "--config", str(CONFIG), *data, "--trainer.max_epochs", "1"], tmp_path)
+    train = run_cli(["anomalib", "train", "--config", str(CONFIG), *data, "--trainer.max_epochs", "1"], workdir)
     assert train.returncode == 0, train.stderr[-3000:]
+    ckpt = next(workdir.glob("results/Ckaad/MVTecAD/brick/v*/weights/lightning/model.ckpt"))
+    return Trained(workdir, train, ckpt)
+
+
+def test_train_reports_metrics_and_logs_once(trained: Trained) -> None:
     for metric in ("image_AUROC", "image_F1Score", "pixel_AUROC"):
-        assert 0.0 <= _metric(train.stdout, metric) <= 1.0
-    output = train.stdout + train.stderr
+        assert 0.0 <= printed_metric(trained.output.stdout, metric) <= 1.0
+    output = trained.output.stdout + trained.output.stderr
     assert output.count("Initializing Ckaad model.") == 1  # logged once, not by a plain and a rich handler
     assert "batch size we found" not in output  # self.log is told the batch size
-    ckpt = next(tmp_path.glob("results/Ckaad/MVTecAD/brick/v*/weights/lightning/model.ckpt"))
 
+
+def test_test_from_checkpoint_reproduces_the_train_metrics(trained: Trained, mvtec_root: Path) -> None:
     datamodule = ["--data", "MVTecAD", "--data.root", str(mvtec_root), "--data.category", "brick"]
     datamodule += [
         "--data.val_split_mode",
@@ -62,25 +73,43 @@ def test_train_test_predict_export(mvtec_root: Path, lite0_weights: Path, tmp_pa
         "--data.seed",
         "0",
     ]  # as CONFIG
-    test = run_cli(["anomalib", "test", *MODEL, *datamodule, "--data.num_workers", "0", "--ckpt_path", str(ckpt)],
-                   tmp_path)  # fmt: skip
+    test = run_cli(
+        ["anomalib", "test", *MODEL, *datamodule, "--data.num_workers", "0", "--ckpt_path", str(trained.ckpt)],
+        trained.workdir,
+    )
     assert test.returncode == 0, test.stderr[-3000:]
-    assert _metric(test.stdout, "image_AUROC") == pytest.approx(_metric(train.stdout, "image_AUROC"), abs=1e-6)
+    expected = printed_metric(trained.output.stdout, "image_AUROC")
+    assert printed_metric(test.stdout, "image_AUROC") == pytest.approx(expected, abs=1e-6)
 
+
+def test_predict_writes_an_image_per_input(trained: Trained, mvtec_root: Path) -> None:
     images = mvtec_root / "brick" / "test" / "scratch"
-    predict = run_cli(["anomalib", "predict", *MODEL, "--data", str(images), "--ckpt_path", str(ckpt)], tmp_path)
+    predict = run_cli(["anomalib", "predict", *MODEL, "--data", str(images), "--ckpt_path", str(trained.ckpt)],
+                      trained.workdir)  # fmt: skip
     assert predict.returncode == 0, predict.stderr[-3000:]
-    written = list(tmp_path.glob("results/Ckaad/latest/images/**/*.png"))
+    written = list(trained.workdir.glob("results/Ckaad/latest/images/**/*.png"))
     assert len(written) >= len(list(images.glob("*.png")))
 
-    for export_type, file in (("torch", "model.pt"), ("onnx", "model.onnx"), ("openvino", "model.xml")):
-        export = run_cli(
-            ["anomalib", "export", *MODEL, "--ckpt_path", str(ckpt), "--export_type", export_type], tmp_path
-        )
-        assert export.returncode == 0, export.stderr[-3000:]
-        assert (tmp_path / "results" / "weights" / export_type / file).is_file()
+
+def _export(trained: Trained, export_type: str, file: str) -> None:
+    export = run_cli(
+        ["anomalib", "export", *MODEL, "--ckpt_path", str(trained.ckpt), "--export_type", export_type], trained.workdir
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (trained.workdir / "results" / "weights" / export_type / file).is_file()
 
 
+def test_openvino_export(trained: Trained) -> None:
+    _export(trained, "openvino", "model.xml")
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("export_type", "file"), [("torch", "model.pt"), ("onnx", "model.onnx")])
+def test_torch_and_onnx_export(trained: Trained, export_type: str, file: str) -> None:
+    _export(trained, export_type, file)
+
+
+@pytest.mark.long
 def test_fit_from_yaml_with_class_path(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
     del lite0_weights
     config = tmp_path / "ckaad.yaml"

@@ -87,8 +87,9 @@ class Ckaad(AnomalibModule):
             reconstruct the most deviating region of a labelled anomaly (see ``loss.push_loss``).
         push_margin: Relative margin of the push term.
         energy_weight: ``0`` (paper): score by reconstruction distance only. ``w > 0``: add the patch
-            discriminator's energy map of the input features, ``w`` times (in units of ``margin``), to the distance
-            map (in units of its normal running mean); the exported graph then holds the patch discriminator.
+            discriminator's energy map of the input features, ``w`` times, to the distance map, each standardised
+            by the running mean and std of the normal training images' scores; the exported graph then holds the
+            patch discriminator.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -170,7 +171,6 @@ class Ckaad(AnomalibModule):
             top_k=top_k,
             score_mode=score_mode,
             energy_weight=energy_weight,
-            margin=margin,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
@@ -262,8 +262,7 @@ class Ckaad(AnomalibModule):
         features, recons = out
         normal_features, normal_recons = [f[normal] for f in features], [r[normal] for r in recons]
         rec_loss = reconstruction_loss(normal_features, normal_recons)
-        if self.model.energy_weight > 0:
-            self.model.track_distance_scale(normal_features, normal_recons)
+        self.model.track_normal_scores(normal_features, normal_recons, images.shape[-2:])
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]

@@ -18,7 +18,7 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator, ScoreMode, distance_maps, image_score
+from .anomaly_map import AnomalyMapGenerator, ScoreMode, image_score
 from .autoencoder import FeatureAutoEncoder
 from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
 
@@ -109,11 +109,11 @@ class CkaadModel(nn.Module):
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` or ``"mean"``.
         energy_weight: ``0`` (paper): the map is the reconstruction distance alone. ``w > 0``: the map is
-            ``distance / distance_scale + w · energy / margin``, where ``energy`` is the patch discriminator's map of
-            the *input* features (upsampled, blurred like the distance) and ``distance_scale`` a running mean of the
-            normal training images' distance (a buffer, exported with the model). Needs the patch discriminator,
-            which then stays in the exported graph.
-        margin: Energy margin ``m`` of the discriminator loss (the unit of the energy map).
+            ``(distance − μ_d) / σ_d + w · (energy − μ_e) / σ_e``, where ``energy`` is the patch discriminator's map
+            of the *input* features (upsampled and blurred like the distance) and μ, σ the running mean and std of
+            the *normal training images'* distance and energy scores (buffers, exported with the model). Each term
+            is thus in units of its own normal spread, whatever the backbone or the margin. Needs the patch
+            discriminator, which then stays in the exported graph.
 
     Example:
         >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
@@ -123,7 +123,9 @@ class CkaadModel(nn.Module):
         ((2, 1, 64, 64), (2,))
     """
 
-    distance_scale: torch.Tensor
+    score_mean: torch.Tensor
+    score_std: torch.Tensor
+    score_updates: torch.Tensor
 
     def __init__(
         self,
@@ -136,7 +138,6 @@ class CkaadModel(nn.Module):
         top_k: int = 100,
         score_mode: ScoreMode | str = ScoreMode.TOPK,
         energy_weight: float = 0.0,
-        margin: float = 5.0,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -174,9 +175,13 @@ class CkaadModel(nn.Module):
                 "adv_weight > 0) and must be >= 0."
             )
             raise ValueError(msg)
-        self.energy_weight, self.margin = energy_weight, margin
-        # saved only when it is used: checkpoints of models without the energy score keep their keys
-        self.register_buffer("distance_scale", torch.tensor(1.0), persistent=energy_weight > 0)
+        self.energy_weight = energy_weight
+        # (distance, energy) image-score statistics of normal training images; saved only when the fused score
+        # uses them, so checkpoints of models without it keep their keys
+        fused = energy_weight > 0
+        self.register_buffer("score_mean", torch.zeros(2), persistent=fused)
+        self.register_buffer("score_std", torch.ones(2), persistent=fused)
+        self.register_buffer("score_updates", torch.zeros((), dtype=torch.long), persistent=fused)
 
     @contextmanager
     def inference_only(self) -> Iterator[CkaadModel]:
@@ -212,11 +217,39 @@ class CkaadModel(nn.Module):
             out.append(self.image_discriminator(features))
         return out
 
+    def component_maps(
+        self,
+        features: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reconstruction-distance map and, when the score fuses it, the patch-D energy map of the input."""
+        distance = self.anomaly_map_generator(features, reconstructions, image_size)
+        if self.energy_weight == 0 or self.patch_discriminator is None:
+            return distance, None
+        return distance, self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size)
+
     @torch.no_grad()
-    def track_distance_scale(self, features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> None:
-        """Update the running mean of the normal images' distance (momentum 0.05), the unit of the fused map."""
-        current = torch.stack([m.mean() for m in distance_maps(features, reconstructions)]).sum()
-        self.distance_scale.lerp_(current.to(self.distance_scale.dtype), 0.05)
+    def track_normal_scores(
+        self,
+        features: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> None:
+        """Update the running (distance, energy) score mean and std from a batch of *normal* training images.
+
+        A cumulative average over the first 20 batches, then an exponential one (momentum 0.05) that follows the
+        auto-encoder and D as they train. Does nothing unless the score fuses the energy.
+        """
+        if self.energy_weight == 0 or len(features[0]) < 2:  # nothing fused, or no spread to measure
+            return
+        distance, energy = self.component_maps(features, reconstructions, image_size)
+        assert energy is not None  # noqa: S101 - energy_weight > 0 implies a patch D (checked at construction)
+        scores = torch.stack([image_score(m, self.score_mode, self.top_k) for m in (distance, energy)], dim=1)
+        momentum = max(0.05, 1.0 / float(self.score_updates + 1))
+        self.score_mean.lerp_(scores.mean(0).to(self.score_mean.dtype), momentum)
+        self.score_std.lerp_(scores.std(0).clamp_min(1e-6).to(self.score_std.dtype), momentum)
+        self.score_updates += 1
 
     def score(
         self,
@@ -225,10 +258,10 @@ class CkaadModel(nn.Module):
         image_size: tuple[int, int] | torch.Size,
     ) -> InferenceBatch:
         """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
-        anomaly_map = self.anomaly_map_generator(features, reconstructions, image_size)
-        if self.energy_weight > 0 and self.patch_discriminator is not None:
-            energy = self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size)
-            anomaly_map = anomaly_map / self.distance_scale + self.energy_weight / self.margin * energy
+        anomaly_map, energy = self.component_maps(features, reconstructions, image_size)
+        if energy is not None:  # both terms in units of their normal spread (see energy_weight)
+            mean, std = self.score_mean, self.score_std
+            anomaly_map = (anomaly_map - mean[0]) / std[0] + self.energy_weight * (energy - mean[1]) / std[1]
         return InferenceBatch(
             pred_score=image_score(anomaly_map, self.score_mode, self.top_k),
             anomaly_map=anomaly_map,
