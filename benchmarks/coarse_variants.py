@@ -42,7 +42,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from sklearn.metrics import f1_score, roc_auc_score
 from torch.utils.data import DataLoader
 
-from ckaad_anomalib import Ckaad, install_lite0_weights
+from ckaad_anomalib import Ckaad, SupersimplenetWeak, install_lite0_weights
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
 from ckaad_anomalib.models.ckaad.anomaly_map import image_score
 from ckaad_anomalib.models.ckaad.loss import adversarial_loss, reconstruction_loss
@@ -62,7 +62,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "focus_energy": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
     "mil_energy": {"d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
 }
-# "patchcore" (see --variants) runs anomalib's PatchCore on the same backbone, pre-processing and files.
+# Peers on the same backbone, pre-processing and files: anomalib's PatchCore (unsupervised, normal images only) and
+# SupersimplenetWeak (this project's image-label SuperSimpleNet, on the same coarse batches as Ckaad).
+PEERS: dict[str, type[AnomalibModule]] = {"patchcore": Patchcore, "supersimplenet_weak": SupersimplenetWeak}
 TEXTURE_DEFECTS = ("scratch", "stain", "foreign")
 
 
@@ -231,12 +233,10 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
     datamodule = make_datamodule(args, data, seed)
     size = (args.image_size, args.image_size)
     model: AnomalibModule
-    if variant == "patchcore":  # the unsupervised peer: same pre-processing, backbone and files, normals only
-        model = Patchcore(
-            backbone=args.backbone,
-            layers=args.layers[-2:],  # PatchCore's choice: the two deepest of the stages given (mid-level features)
-            pre_processor=Ckaad.configure_pre_processor(size, args.backbone),
-            visualizer=False,
+    pre_processor = Ckaad.configure_pre_processor(size, args.backbone)
+    if variant in PEERS:  # same pre-processing, backbone and files; the two deepest stages given (mid-level)
+        model = PEERS[variant](
+            backbone=args.backbone, layers=args.layers[-2:], pre_processor=pre_processor, visualizer=False
         )
     else:
         model = Ckaad(
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
             callbacks=callbacks,
         )
         start = time.perf_counter()
-        if isinstance(model, Ckaad):
+        if not isinstance(model, Patchcore):  # Ckaad and the weak peer: the same coarse batches
             engine.fit(model, datamodule=datamodule)
         else:  # the same normal training images, without the coarse anomalies (it would memorise them as normal)
             normals = DataLoader(
@@ -410,8 +410,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", default=["elpv-mono"], choices=["elpv-mono", "elpv-poly", "texture"])
     parser.add_argument(
-        "--variants", nargs="+", default=["recon", "paper", "push"], choices=[*sorted(VARIANTS), "patchcore"],
-        help="Ckaad variants (VARIANTS), and 'patchcore': anomalib's PatchCore on the same backbone and files",
+        "--variants", nargs="+", default=["recon", "paper", "push"], choices=[*sorted(VARIANTS), *PEERS],
+        help="Ckaad variants (VARIANTS) and peers (PEERS)",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)

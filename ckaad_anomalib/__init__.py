@@ -16,10 +16,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "Ckaad": "ckaad_anomalib.models",
     "CkaadModel": "ckaad_anomalib.models",
+    "SupersimplenetWeak": "ckaad_anomalib.models",
     "install_lite0_weights": "ckaad_anomalib.weights",
 }
 
-__all__ = ["Ckaad", "CkaadModel", "__version__", "install_lite0_weights"]
+__all__ = ["Ckaad", "CkaadModel", "SupersimplenetWeak", "__version__", "install_lite0_weights"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - lazily re-exported objects of several types

@@ -32,7 +32,12 @@ if TYPE_CHECKING:
 TARGET = "anomalib.models"
 READER = "anomalib.data.utils.image"  # defines read_image; replaced before other modules copy the name
 # Module paths that ``get_model({"class_path": "<module>.Ckaad"})`` may import.
-ALLOWED_MODULE_PATHS = ("ckaad_anomalib", "ckaad_anomalib.models", "ckaad_anomalib.models.ckaad")
+ALLOWED_MODULE_PATHS = (
+    "ckaad_anomalib",
+    "ckaad_anomalib.models",
+    "ckaad_anomalib.models.ckaad",
+    "ckaad_anomalib.models.supersimplenet_weak",
+)
 
 
 def _register() -> None:

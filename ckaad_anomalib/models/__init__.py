@@ -7,7 +7,8 @@ which the start-up hook in :mod:`ckaad_anomalib._hook` does automatically when a
 from ckaad_anomalib._hook import attach
 
 from .ckaad import Ckaad, CkaadLoss, CkaadModel
+from .supersimplenet_weak import SupersimplenetWeak
 
-attach([Ckaad])
+attach([Ckaad, SupersimplenetWeak])
 
-__all__ = ["Ckaad", "CkaadLoss", "CkaadModel"]
+__all__ = ["Ckaad", "CkaadLoss", "CkaadModel", "SupersimplenetWeak"]
