@@ -12,6 +12,7 @@ import torch
 from anomalib.data import BMAD, Folder, MVTecAD, Visa
 from anomalib.engine import Engine
 
+from ckaad_anomalib import Ckaad
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
 from ckaad_anomalib.data.coarse import COARSE_LIST
 from tests import trees
@@ -201,3 +202,40 @@ def test_engine_trains_ckaad_on_coarse_batches_and_writes_the_list(
     assert sorted(written.image_path) == sorted(dm.coarse_samples.image_path)
     results = engine.test(model, datamodule=dm)[0]
     assert 0 <= results["image_AUROC"] <= 1
+
+
+def _normal_component_scores(model: Ckaad, loader: object) -> torch.Tensor:
+    scores = []
+    for batch in loader:  # type: ignore[attr-defined]
+        normal = batch.image[batch.gt_label == 0]
+        if len(normal):
+            scores.append(model.model.component_scores(model.pre_processor.transform(normal)))  # type: ignore[union-attr]
+    return torch.cat(scores)
+
+
+def test_fused_score_is_standardised_on_validation_normals(
+    mvtec_root: Path, lite0_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    del lite0_weights
+    torch.manual_seed(0)
+    model = small_ckaad(gamma=0.0, d_lr=1e-3, mil_fraction=0.1, energy_weight=1.0)
+    dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0)
+    engine = Engine(default_root_dir=tmp_path / "a", max_epochs=1, accelerator="cpu", logger=False)
+    engine.fit(model, datamodule=dm)
+    model.model.eval()
+    expected = _normal_component_scores(model, dm.val_dataloader())
+    assert len(expected) >= 2
+    torch.testing.assert_close(model.model.score_mean, expected.mean(0))
+    torch.testing.assert_close(model.model.score_std, expected.std(0))
+    assert engine.test(model, datamodule=dm)[0]["image_AUROC"] >= 0
+
+    # no validation loop: the normal training images stand in, and the log says so
+    torch.manual_seed(0)
+    model = small_ckaad(gamma=0.0, d_lr=1e-3, mil_fraction=0.1, energy_weight=1.0)
+    engine = Engine(default_root_dir=tmp_path / "b", max_epochs=1, accelerator="cpu", logger=False)
+    with caplog.at_level(logging.WARNING):
+        engine.fit(model, train_dataloaders=dm.train_dataloader())
+    assert "no normal validation images" in caplog.text
+    model.model.eval()
+    expected = _normal_component_scores(model, dm.train_dataloader())
+    torch.testing.assert_close(model.model.score_mean, expected.mean(0))

@@ -109,28 +109,20 @@ def test_no_weights_and_no_hub_fails_fast_with_the_message_first(monkeypatch: py
 
 def test_energy_score_fuses_the_standardised_patch_discriminator_and_keeps_it_in_the_export(seeded: None) -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight=2.0)
-    assert {"score_mean", "score_std", "score_updates"} <= set(model.state_dict())  # exported with the model
-    model.train()
-    batches = [torch.randn(4, 3, 64, 64) for _ in range(2)]
-    per_batch = []
-    for images in batches:
-        features, recons = model(images)
-        distance, energy = model.component_maps(features, recons, (64, 64))
-        assert energy is not None
-        scores = torch.stack([image_score(distance, top_k=100), image_score(energy, top_k=100)], dim=1)
-        per_batch.append((scores.mean(0), scores.std(0)))
-        model.track_normal_scores(features, recons, (64, 64))
-    # cumulative average over the first batches: the mean of the two batches' statistics
-    torch.testing.assert_close(model.score_mean, (per_batch[0][0] + per_batch[1][0]) / 2)
-    torch.testing.assert_close(model.score_std, (per_batch[0][1] + per_batch[1][1]) / 2)
-    assert int(model.score_updates) == 2
+    assert {"score_mean", "score_std"} <= set(model.state_dict())  # saved and exported with the model
+    model.set_score_statistics(torch.tensor([0.3, 1.5]), torch.tensor([0.1, 0.0]))
+    assert float(model.score_std[1]) == pytest.approx(1e-6)  # a zero spread cannot divide by zero
+    model.set_score_statistics(torch.tensor([0.3, 1.5]), torch.tensor([0.1, 2.0]))
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     out = model(x)
     features = model.extract(x)
     distance, energy = model.component_maps(features, model.autoencoder(features), (64, 64))
-    mean, std = model.score_mean, model.score_std
-    torch.testing.assert_close(out.anomaly_map, (distance - mean[0]) / std[0] + 2.0 * (energy - mean[1]) / std[1])
+    assert energy is not None
+    torch.testing.assert_close(out.anomaly_map, (distance - 0.3) / 0.1 + 2.0 * (energy - 1.5) / 2.0)
+    scores = model.component_scores(x)
+    torch.testing.assert_close(scores[:, 0], image_score(distance, top_k=100))
+    torch.testing.assert_close(scores[:, 1], image_score(energy, top_k=100))
     with model.inference_only():
         program = torch.export.export(model, (x,))
     to_param = program.graph_signature.inputs_to_parameters
@@ -141,10 +133,8 @@ def test_energy_score_fuses_the_standardised_patch_discriminator_and_keeps_it_in
         CkaadModel(**RESNET18, input_size=(64, 64), discriminator="image", energy_weight=1.0)
 
 
-def test_without_the_fused_score_no_statistics_are_tracked_or_saved() -> None:
+def test_without_the_fused_score_no_statistics_are_saved() -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64))
-    model.train()
-    features, recons = model(torch.randn(3, 3, 64, 64))
-    model.track_normal_scores(features, recons, (64, 64))
-    assert int(model.score_updates) == 0
-    assert not {"score_mean", "score_std", "score_updates"} & set(model.state_dict())  # old checkpoints still load
+    assert not {"score_mean", "score_std"} & set(model.state_dict())  # checkpoints keep their keys
+    with pytest.raises(ValueError, match="needs the fused score"):
+        model.component_scores(torch.randn(2, 3, 64, 64))

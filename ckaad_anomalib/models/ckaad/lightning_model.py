@@ -88,8 +88,9 @@ class Ckaad(AnomalibModule):
         push_margin: Relative margin of the push term.
         energy_weight: ``0`` (paper): score by reconstruction distance only. ``w > 0``: add the patch
             discriminator's energy map of the input features, ``w`` times, to the distance map, each standardised
-            by the running mean and std of the normal training images' scores; the exported graph then holds the
-            patch discriminator.
+            by the mean and std of its scores on the validation split's normal images (fitted at the start of
+            every validation epoch; normal training images if validation has none); the exported graph then holds
+            the patch discriminator.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -174,6 +175,7 @@ class Ckaad(AnomalibModule):
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
+        self._score_statistics_epoch = -1  # the epoch whose validation standardised the fused score
 
     @staticmethod
     def _validate(
@@ -262,7 +264,6 @@ class Ckaad(AnomalibModule):
         features, recons = out
         normal_features, normal_recons = [f[normal] for f in features], [r[normal] for r in recons]
         rec_loss = reconstruction_loss(normal_features, normal_recons)
-        self.model.track_normal_scores(normal_features, normal_recons, images.shape[-2:])
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -297,6 +298,60 @@ class Ckaad(AnomalibModule):
         self._log_epoch("train_loss", loss, len(images), prog_bar=True)
         self._log_epoch("train_rec_loss", rec_loss, len(images))
         return {"loss": loss.detach()}
+
+    def on_validation_epoch_start(self) -> None:
+        """With the fused score, standardise it on the validation split's normal images, before they are scored.
+
+        anomalib fits its threshold and normalisation on the same split, right after; test images are never used.
+        """
+        if self.model.energy_weight > 0 and self._fit_score_statistics(self.trainer.val_dataloaders):
+            self._score_statistics_epoch = self.current_epoch
+
+    def on_train_epoch_end(self) -> None:
+        """Fallback for a run without normal validation images: standardise on the normal *training* images.
+
+        D has been trained on those, so their energies are lower and tighter than held-out ones; say so.
+        """
+        if self.model.energy_weight == 0 or self._score_statistics_epoch == self.current_epoch:
+            return
+        if self._fit_score_statistics(self.trainer.train_dataloader):
+            logger.warning(
+                "Ckaad(energy_weight=%s): no normal validation images, so the fused score is standardised on the "
+                "normal training images, which D has seen. Give the datamodule a validation split with normal "
+                "images.",
+                self.model.energy_weight,
+            )
+
+    @torch.no_grad()
+    def _fit_score_statistics(self, loaders: Any) -> bool:  # noqa: ANN401 - a DataLoader, a list of them or None
+        """Mean and std of the normal images' (distance, energy) scores over ``loaders``, summed across ranks.
+
+        Returns:
+            Whether there were at least two normal images (otherwise the statistics are left as they are).
+        """
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders] if loaders is not None else []
+        transform = getattr(self.pre_processor, "transform", None)
+        moments = torch.zeros(3, 2, device=self.device, dtype=torch.float64)  # n, Σx, Σx² per component
+        was_training = self.model.training
+        self.model.eval()
+        for loader in loaders:
+            for batch in loader:
+                if batch.gt_label is None or batch.image is None:
+                    continue
+                images = batch.image[batch.gt_label.cpu() == 0].to(self.device)
+                if len(images) == 0:
+                    continue
+                scores = self.model.component_scores(transform(images) if transform else images).double()
+                moments += torch.stack([torch.full_like(scores[0], len(scores)), scores.sum(0), (scores**2).sum(0)])
+        self.model.train(was_training)
+        moments = self.trainer.strategy.reduce(moments, reduce_op="sum")  # every DDP rank gets the same statistics
+        n = moments[0, 0]
+        if n < 2:
+            return False
+        mean = moments[1] / n
+        std = ((moments[2] - n * mean**2) / (n - 1)).clamp_min(0).sqrt()
+        self.model.set_score_statistics(mean.float(), std.float())
+        return True
 
     def _log_epoch(self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:
         """Log an epoch mean, weighted by the true batch size and averaged over ranks under DDP."""

@@ -110,10 +110,10 @@ class CkaadModel(nn.Module):
         score_mode: ``"topk"`` or ``"mean"``.
         energy_weight: ``0`` (paper): the map is the reconstruction distance alone. ``w > 0``: the map is
             ``(distance − μ_d) / σ_d + w · (energy − μ_e) / σ_e``, where ``energy`` is the patch discriminator's map
-            of the *input* features (upsampled and blurred like the distance) and μ, σ the running mean and std of
-            the *normal training images'* distance and energy scores (buffers, exported with the model). Each term
-            is thus in units of its own normal spread, whatever the backbone or the margin. Needs the patch
-            discriminator, which then stays in the exported graph.
+            of the *input* features (upsampled and blurred like the distance) and μ, σ the mean and std of the
+            distance and energy image scores of held-out *normal* images (:meth:`set_score_statistics`; buffers,
+            exported with the model). Each term is thus in units of its own normal spread, whatever the backbone
+            or the margin. Needs the patch discriminator, which then stays in the exported graph.
 
     Example:
         >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
@@ -125,7 +125,6 @@ class CkaadModel(nn.Module):
 
     score_mean: torch.Tensor
     score_std: torch.Tensor
-    score_updates: torch.Tensor
 
     def __init__(
         self,
@@ -176,12 +175,10 @@ class CkaadModel(nn.Module):
             )
             raise ValueError(msg)
         self.energy_weight = energy_weight
-        # (distance, energy) image-score statistics of normal training images; saved only when the fused score
+        # (distance, energy) image-score statistics of held-out normal images; saved only when the fused score
         # uses them, so checkpoints of models without it keep their keys
-        fused = energy_weight > 0
-        self.register_buffer("score_mean", torch.zeros(2), persistent=fused)
-        self.register_buffer("score_std", torch.ones(2), persistent=fused)
-        self.register_buffer("score_updates", torch.zeros((), dtype=torch.long), persistent=fused)
+        self.register_buffer("score_mean", torch.zeros(2), persistent=energy_weight > 0)
+        self.register_buffer("score_std", torch.ones(2), persistent=energy_weight > 0)
 
     @contextmanager
     def inference_only(self) -> Iterator[CkaadModel]:
@@ -230,26 +227,19 @@ class CkaadModel(nn.Module):
         return distance, self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size)
 
     @torch.no_grad()
-    def track_normal_scores(
-        self,
-        features: Sequence[torch.Tensor],
-        reconstructions: Sequence[torch.Tensor],
-        image_size: tuple[int, int] | torch.Size,
-    ) -> None:
-        """Update the running (distance, energy) score mean and std from a batch of *normal* training images.
+    def component_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 2)`` image scores of the distance map and of the energy map alone (needs ``energy_weight > 0``)."""
+        features = self.extract(images)
+        distance, energy = self.component_maps(features, self.autoencoder(features), images.shape[-2:])
+        if energy is None:
+            msg = "component_scores needs the fused score (energy_weight > 0)."
+            raise ValueError(msg)
+        return torch.stack([image_score(m, self.score_mode, self.top_k) for m in (distance, energy)], dim=1)
 
-        A cumulative average over the first 20 batches, then an exponential one (momentum 0.05) that follows the
-        auto-encoder and D as they train. Does nothing unless the score fuses the energy.
-        """
-        if self.energy_weight == 0 or len(features[0]) < 2:  # nothing fused, or no spread to measure
-            return
-        distance, energy = self.component_maps(features, reconstructions, image_size)
-        assert energy is not None  # noqa: S101 - energy_weight > 0 implies a patch D (checked at construction)
-        scores = torch.stack([image_score(m, self.score_mode, self.top_k) for m in (distance, energy)], dim=1)
-        momentum = max(0.05, 1.0 / float(self.score_updates + 1))
-        self.score_mean.lerp_(scores.mean(0).to(self.score_mean.dtype), momentum)
-        self.score_std.lerp_(scores.std(0).clamp_min(1e-6).to(self.score_std.dtype), momentum)
-        self.score_updates += 1
+    def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the normal ``(distance, energy)`` score mean and std that standardise the fused map."""
+        self.score_mean.copy_(mean)
+        self.score_std.copy_(std.clamp_min(1e-6))
 
     def score(
         self,
