@@ -61,6 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "energy": {"energy_weight": 1.0},
     "focus_energy": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
     "mil_energy": {"d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
+    "focus_auto": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": "auto"},
 }
 # Peers on the same backbone, pre-processing and files: anomalib's PatchCore (unsupervised, normal images only) and
 # SupersimplenetWeak (this project's image-label SuperSimpleNet, on the same coarse batches as Ckaad).
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
         if not isinstance(model, Patchcore):  # Ckaad and the weak peer: the same coarse batches
             engine.fit(model, datamodule=datamodule)
         else:  # the same normal training images, without the coarse anomalies (it would memorise them as normal)
+            datamodule.setup("fit")
             normals = DataLoader(
                 datamodule.train_data, batch_size=args.batch_size, collate_fn=datamodule.train_data.collate_fn
             )
@@ -273,6 +275,8 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
         metrics = evaluate(engine, model, datamodule, args.seen if data == "texture" else None)
         if isinstance(model, Ckaad) and model.model.patch_discriminator is not None:
             metrics |= components(model, datamodule)
+        if isinstance(model, Ckaad) and model.model.fused:
+            metrics["energy_w"] = float(model.model.score_weight)
     row = {
         "data": data,
         "variant": variant,

@@ -204,38 +204,45 @@ def test_engine_trains_ckaad_on_coarse_batches_and_writes_the_list(
     assert 0 <= results["image_AUROC"] <= 1
 
 
-def _normal_component_scores(model: Ckaad, loader: object) -> torch.Tensor:
-    scores = []
+def _component_scores(model: Ckaad, loader: object) -> tuple[torch.Tensor, torch.Tensor]:
+    scores, labels = [], []
     for batch in loader:  # type: ignore[attr-defined]
-        normal = batch.image[batch.gt_label == 0]
-        if len(normal):
-            scores.append(model.model.component_scores(model.pre_processor.transform(normal)))  # type: ignore[union-attr]
-    return torch.cat(scores)
+        scores.append(model.model.component_scores(model.pre_processor.transform(batch.image)))  # type: ignore[union-attr]
+        labels.append(batch.gt_label.bool())
+    return torch.cat(scores), torch.cat(labels)
 
 
-def test_fused_score_is_standardised_on_validation_normals(
+def test_fused_score_is_fitted_on_validation(
     mvtec_root: Path, lite0_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from torchmetrics.functional.classification import binary_auroc
+
+    from ckaad_anomalib.models.ckaad.torch_model import ENERGY_WEIGHTS
+
     del lite0_weights
     torch.manual_seed(0)
-    model = small_ckaad(gamma=0.0, d_lr=1e-3, mil_fraction=0.1, energy_weight=1.0)
+    model = small_ckaad(gamma=0.0, d_lr=1e-3, mil_fraction=0.1, energy_weight="auto")
     dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0)
     engine = Engine(default_root_dir=tmp_path / "a", max_epochs=1, accelerator="cpu", logger=False)
     engine.fit(model, datamodule=dm)
     model.model.eval()
-    expected = _normal_component_scores(model, dm.val_dataloader())
-    assert len(expected) >= 2
-    torch.testing.assert_close(model.model.score_mean, expected.mean(0))
-    torch.testing.assert_close(model.model.score_std, expected.std(0))
+    scores, anomalous = _component_scores(model, dm.val_dataloader())
+    assert anomalous.any()
+    assert (~anomalous).sum() >= 2
+    torch.testing.assert_close(model.model.score_mean, scores[~anomalous].mean(0))
+    torch.testing.assert_close(model.model.score_std, scores[~anomalous].std(0))
+    aurocs = torch.stack([binary_auroc(model.model.fuse(scores, w), anomalous.int()) for w in ENERGY_WEIGHTS])
+    assert float(model.model.score_weight) == ENERGY_WEIGHTS[int(aurocs.argmax())]  # best on validation, smallest tie
     assert engine.test(model, datamodule=dm)[0]["image_AUROC"] >= 0
 
-    # no validation loop: the normal training images stand in, and the log says so
+    # no validation loop: the normal training images stand in, w stays, and the log says so
     torch.manual_seed(0)
-    model = small_ckaad(gamma=0.0, d_lr=1e-3, mil_fraction=0.1, energy_weight=1.0)
+    model = small_ckaad(gamma=0.0, d_lr=1e-3, mil_fraction=0.1, energy_weight="auto")
     engine = Engine(default_root_dir=tmp_path / "b", max_epochs=1, accelerator="cpu", logger=False)
     with caplog.at_level(logging.WARNING):
         engine.fit(model, train_dataloaders=dm.train_dataloader())
     assert "no normal validation images" in caplog.text
     model.model.eval()
-    expected = _normal_component_scores(model, dm.train_dataloader())
-    torch.testing.assert_close(model.model.score_mean, expected.mean(0))
+    scores, anomalous = _component_scores(model, dm.train_dataloader())
+    torch.testing.assert_close(model.model.score_mean, scores[~anomalous].mean(0))
+    assert float(model.model.score_weight) == 1.0

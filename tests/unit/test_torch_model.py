@@ -109,28 +109,35 @@ def test_no_weights_and_no_hub_fails_fast_with_the_message_first(monkeypatch: py
 
 def test_energy_score_fuses_the_standardised_patch_discriminator_and_keeps_it_in_the_export(seeded: None) -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight=2.0)
-    assert {"score_mean", "score_std"} <= set(model.state_dict())  # saved and exported with the model
+    assert {"score_mean", "score_std", "score_weight"} <= set(model.state_dict())  # saved and exported
     model.set_score_statistics(torch.tensor([0.3, 1.5]), torch.tensor([0.1, 0.0]))
     assert float(model.score_std[1]) == pytest.approx(1e-6)  # a zero spread cannot divide by zero
     model.set_score_statistics(torch.tensor([0.3, 1.5]), torch.tensor([0.1, 2.0]))
+    assert float(model.score_weight) == 2.0
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     out = model(x)
     features = model.extract(x)
     distance, energy = model.component_maps(features, model.autoencoder(features), (64, 64))
     assert energy is not None
-    torch.testing.assert_close(out.anomaly_map, (distance - 0.3) / 0.1 + 2.0 * (energy - 1.5) / 2.0)
-    scores = model.component_scores(x)
-    torch.testing.assert_close(scores[:, 0], image_score(distance, top_k=100))
-    torch.testing.assert_close(scores[:, 1], image_score(energy, top_k=100))
+    torch.testing.assert_close(out.anomaly_map, distance)  # localisation stays the reconstruction distance
+    d_score, e_score = image_score(distance, top_k=100), image_score(energy, top_k=100)
+    torch.testing.assert_close(out.pred_score, (d_score - 0.3) / 0.1 + 2.0 * (e_score - 1.5) / 2.0)
+    torch.testing.assert_close(model.component_scores(x), torch.stack([d_score, e_score], dim=1))
     with model.inference_only():
         program = torch.export.export(model, (x,))
     to_param = program.graph_signature.inputs_to_parameters
     used = {to_param[n.name] for n in program.graph.nodes if n.op == "placeholder" and n.name in to_param and n.users}
     assert any(name.startswith("patch_discriminator.") for name in used)  # the export carries the (small) patch D
     torch.testing.assert_close(program.module()(x).anomaly_map, out.anomaly_map)
-    with pytest.raises(ValueError, match=r"energy_weight=1\.0 needs a patch discriminator"):
+    with pytest.raises(ValueError, match=r"energy_weight=1\.0 must be a number >= 0 or 'auto'.*patch discriminator"):
         CkaadModel(**RESNET18, input_size=(64, 64), discriminator="image", energy_weight=1.0)
+    with pytest.raises(ValueError, match=r"energy_weight='often'"):
+        CkaadModel(**RESNET18, input_size=(64, 64), energy_weight="often")
+    auto = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight="auto")
+    assert auto.fused
+    assert auto.auto_weight
+    assert float(auto.score_weight) == 1.0  # until validation chooses
 
 
 def test_without_the_fused_score_no_statistics_are_saved() -> None:

@@ -33,11 +33,12 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
+from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .export import quantize_int8
 from .loss import CkaadLoss, reconstruction_loss, require
-from .torch_model import CkaadModel, TrainOutput
+from .torch_model import ENERGY_WEIGHTS, CkaadModel, TrainOutput
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +87,12 @@ class Ckaad(AnomalibModule):
             to reach ``1 + push_margin`` times the batch's normal mean, so the auto-encoder learns directly not to
             reconstruct the most deviating region of a labelled anomaly (see ``loss.push_loss``).
         push_margin: Relative margin of the push term.
-        energy_weight: ``0`` (paper): score by reconstruction distance only. ``w > 0``: add the patch
-            discriminator's energy map of the input features, ``w`` times, to the distance map, each standardised
-            by the mean and std of its scores on the validation split's normal images (fitted at the start of
-            every validation epoch; normal training images if validation has none); the exported graph then holds
-            the patch discriminator.
+        energy_weight: ``0`` (paper): score by reconstruction distance only. ``w > 0``: the image score adds the
+            patch discriminator's energy score of the input features, ``w`` times, to the distance score, each
+            standardised by its mean and std on the validation split's normal images (fitted before every
+            validation epoch; on normal training images if validation has none). ``"auto"``: ``w`` is also chosen
+            there, from ``(0, 0.5, 1, 2)``, by validation image AUROC. The anomaly map stays the distance map; the
+            exported graph then holds the patch discriminator.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -125,7 +127,7 @@ class Ckaad(AnomalibModule):
         mil_fraction: float | None = None,
         push_weight: float = 0.0,
         push_margin: float = 1.0,
-        energy_weight: float = 0.0,
+        energy_weight: float | Literal["auto"] = 0.0,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -175,7 +177,7 @@ class Ckaad(AnomalibModule):
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
-        self._score_statistics_epoch = -1  # the epoch whose validation standardised the fused score
+        self._fused_score_epoch = -1  # the epoch whose validation fitted the fused score
 
     @staticmethod
     def _validate(
@@ -300,57 +302,73 @@ class Ckaad(AnomalibModule):
         return {"loss": loss.detach()}
 
     def on_validation_epoch_start(self) -> None:
-        """With the fused score, standardise it on the validation split's normal images, before they are scored.
+        """With the fused score, fit it on the validation split before that split is scored.
 
-        anomalib fits its threshold and normalisation on the same split, right after; test images are never used.
+        The normal images give the standardisation; with ``energy_weight="auto"`` the labelled ones also choose
+        ``w``. anomalib fits its threshold and normalisation on the same split right after; test is never used.
         """
-        if self.model.energy_weight > 0 and self._fit_score_statistics(self.trainer.val_dataloaders):
-            self._score_statistics_epoch = self.current_epoch
+        if self.model.fused and self._fit_fused_score(self.trainer.val_dataloaders, choose=self.model.auto_weight):
+            self._fused_score_epoch = self.current_epoch
 
     def on_train_epoch_end(self) -> None:
         """Fallback for a run without normal validation images: standardise on the normal *training* images.
 
         D has been trained on those, so their energies are lower and tighter than held-out ones; say so.
         """
-        if self.model.energy_weight == 0 or self._score_statistics_epoch == self.current_epoch:
+        if not self.model.fused or self._fused_score_epoch == self.current_epoch:
             return
-        if self._fit_score_statistics(self.trainer.train_dataloader):
+        if self._fit_fused_score(self.trainer.train_dataloader, choose=False):
             logger.warning(
                 "Ckaad(energy_weight=%s): no normal validation images, so the fused score is standardised on the "
-                "normal training images, which D has seen. Give the datamodule a validation split with normal "
-                "images.",
-                self.model.energy_weight,
+                "normal training images, which D has seen (w = %.2f). Give the datamodule a validation split with "
+                "normal and anomalous images.",
+                self.hparams.get("energy_weight"),
+                float(self.model.score_weight),
             )
 
     @torch.no_grad()
-    def _fit_score_statistics(self, loaders: Any) -> bool:  # noqa: ANN401 - a DataLoader, a list of them or None
-        """Mean and std of the normal images' (distance, energy) scores over ``loaders``, summed across ranks.
+    def _fit_fused_score(self, loaders: Any, choose: bool) -> bool:  # noqa: ANN401 - DataLoader(s) or None
+        """Fit the fused score's normal statistics (and, if ``choose``, its energy weight) on ``loaders``' images.
+
+        Mean and std come from every rank's normal images. ``w`` is the candidate of :data:`ENERGY_WEIGHTS` with
+        the best image AUROC (the smallest on ties); under DDP rank 0 picks it from its shard and broadcasts it.
 
         Returns:
-            Whether there were at least two normal images (otherwise the statistics are left as they are).
+            Whether there were at least two normal images (otherwise nothing is changed).
         """
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders] if loaders is not None else []
         transform = getattr(self.pre_processor, "transform", None)
-        moments = torch.zeros(3, 2, device=self.device, dtype=torch.float64)  # n, Σx, Σx² per component
+        scores, labels = [], []
         was_training = self.model.training
         self.model.eval()
         for loader in loaders:
             for batch in loader:
                 if batch.gt_label is None or batch.image is None:
                     continue
-                images = batch.image[batch.gt_label.cpu() == 0].to(self.device)
-                if len(images) == 0:
-                    continue
-                scores = self.model.component_scores(transform(images) if transform else images).double()
-                moments += torch.stack([torch.full_like(scores[0], len(scores)), scores.sum(0), (scores**2).sum(0)])
+                images = batch.image.to(self.device)
+                scores.append(self.model.component_scores(transform(images) if transform else images).double())
+                labels.append(batch.gt_label.to(self.device).bool())
         self.model.train(was_training)
-        moments = self.trainer.strategy.reduce(moments, reduce_op="sum")  # every DDP rank gets the same statistics
+        all_scores = torch.cat(scores) if scores else torch.zeros(0, 2, device=self.device, dtype=torch.float64)
+        anomalous = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.bool, device=self.device)
+        normal = all_scores[~anomalous]
+        moments = torch.stack(
+            [torch.full((2,), float(len(normal)), device=self.device), normal.sum(0), (normal**2).sum(0)]
+        )
+        moments = self.trainer.strategy.reduce(moments.double(), reduce_op="sum")  # every rank: the same statistics
         n = moments[0, 0]
         if n < 2:
             return False
         mean = moments[1] / n
         std = ((moments[2] - n * mean**2) / (n - 1)).clamp_min(0).sqrt()
         self.model.set_score_statistics(mean.float(), std.float())
+        if choose:
+            weight = torch.tensor(float(self.model.score_weight), device=self.device)
+            if anomalous.any() and (~anomalous).any():
+                target = anomalous.int()
+                aurocs = [binary_auroc(self.model.fuse(all_scores.float(), w), target) for w in ENERGY_WEIGHTS]
+                weight.fill_(ENERGY_WEIGHTS[int(torch.stack(aurocs).argmax())])  # argmax: the first (smallest) best
+            self.model.set_score_statistics(mean.float(), std.float(), float(self.trainer.strategy.broadcast(weight)))
         return True
 
     def _log_epoch(self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:

@@ -25,6 +25,10 @@ from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
 logger = logging.getLogger(__name__)
 
 
+# Candidates of energy_weight="auto": no energy, half, equal and double weight of the standardised energy score.
+ENERGY_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
 class DiscriminatorType(StrEnum):
     """Which energy discriminator(s) CKAAD trains."""
 
@@ -108,12 +112,14 @@ class CkaadModel(nn.Module):
         sigma: Gaussian blur σ of the anomaly map.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` or ``"mean"``.
-        energy_weight: ``0`` (paper): the map is the reconstruction distance alone. ``w > 0``: the map is
-            ``(distance − μ_d) / σ_d + w · (energy − μ_e) / σ_e``, where ``energy`` is the patch discriminator's map
-            of the *input* features (upsampled and blurred like the distance) and μ, σ the mean and std of the
-            distance and energy image scores of held-out *normal* images (:meth:`set_score_statistics`; buffers,
-            exported with the model). Each term is thus in units of its own normal spread, whatever the backbone
-            or the margin. Needs the patch discriminator, which then stays in the exported graph.
+        energy_weight: ``0`` (paper): the image score is the top-k of the reconstruction-distance map. ``w > 0``:
+            it is ``z_d + w · z_e``, where ``z_d`` and ``z_e`` are the top-k scores of the distance map and of the
+            patch discriminator's energy map of the *input* features, each standardised by the mean and std of
+            held-out *normal* images' scores (:meth:`set_score_statistics`), so each is in units of its own normal
+            spread, whatever the backbone or the margin. ``"auto"``: ``w`` is chosen from :data:`ENERGY_WEIGHTS` on
+            labelled validation images (by the Lightning module). The anomaly map stays the distance map: fused at
+            pixel level, the energy blurred the localisation. Mean, std and ``w`` are buffers, exported with the
+            model, and the patch discriminator then stays in the exported graph.
 
     Example:
         >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
@@ -125,6 +131,7 @@ class CkaadModel(nn.Module):
 
     score_mean: torch.Tensor
     score_std: torch.Tensor
+    score_weight: torch.Tensor
 
     def __init__(
         self,
@@ -136,7 +143,7 @@ class CkaadModel(nn.Module):
         sigma: float = 4.0,
         top_k: int = 100,
         score_mode: ScoreMode | str = ScoreMode.TOPK,
-        energy_weight: float = 0.0,
+        energy_weight: float | str = 0.0,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -168,28 +175,31 @@ class CkaadModel(nn.Module):
             else None
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
-        if energy_weight < 0 or (energy_weight > 0 and self.patch_discriminator is None):
+        self.auto_weight = energy_weight == "auto"
+        weight = 1.0 if self.auto_weight else energy_weight
+        if not isinstance(weight, int | float) or weight < 0 or (weight > 0 and self.patch_discriminator is None):
             msg = (
-                f"energy_weight={energy_weight} needs a patch discriminator (discriminator 'patch' or 'both', "
-                "adv_weight > 0) and must be >= 0."
+                f"energy_weight={energy_weight!r} must be a number >= 0 or 'auto', and a fused score needs a patch "
+                "discriminator (discriminator 'patch' or 'both', adv_weight > 0)."
             )
             raise ValueError(msg)
-        self.energy_weight = energy_weight
-        # (distance, energy) image-score statistics of held-out normal images; saved only when the fused score
-        # uses them, so checkpoints of models without it keep their keys
-        self.register_buffer("score_mean", torch.zeros(2), persistent=energy_weight > 0)
-        self.register_buffer("score_std", torch.ones(2), persistent=energy_weight > 0)
+        self.fused = weight > 0  # D's energy is part of the image score
+        # (distance, energy) score statistics of held-out normal images and the energy's weight; saved only when
+        # the score uses them, so checkpoints of models without it keep their keys
+        self.register_buffer("score_mean", torch.zeros(2), persistent=self.fused)
+        self.register_buffer("score_std", torch.ones(2), persistent=self.fused)
+        self.register_buffer("score_weight", torch.tensor(float(weight)), persistent=self.fused)
 
     @contextmanager
     def inference_only(self) -> Iterator[CkaadModel]:
         """Temporarily drop what inference does not use, so exports carry none of its weights.
 
         That is every discriminator, except the patch discriminator when its energy is part of the score
-        (``energy_weight > 0``).
+        (``energy_weight`` not 0).
         """
         saved = self.patch_discriminator, self.image_discriminator
         self.image_discriminator = None
-        if self.energy_weight == 0:
+        if not self.fused:
             self.patch_discriminator = None
         try:
             yield self
@@ -222,24 +232,31 @@ class CkaadModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The reconstruction-distance map and, when the score fuses it, the patch-D energy map of the input."""
         distance = self.anomaly_map_generator(features, reconstructions, image_size)
-        if self.energy_weight == 0 or self.patch_discriminator is None:
+        if not self.fused or self.patch_discriminator is None:
             return distance, None
         return distance, self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size)
 
     @torch.no_grad()
     def component_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 2)`` image scores of the distance map and of the energy map alone (needs ``energy_weight > 0``)."""
+        """``(N, 2)`` image scores of the distance map and of the energy map alone (needs a fused score)."""
         features = self.extract(images)
         distance, energy = self.component_maps(features, self.autoencoder(features), images.shape[-2:])
         if energy is None:
-            msg = "component_scores needs the fused score (energy_weight > 0)."
+            msg = "component_scores needs the fused score (energy_weight > 0 or 'auto')."
             raise ValueError(msg)
         return torch.stack([image_score(m, self.score_mode, self.top_k) for m in (distance, energy)], dim=1)
 
-    def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the normal ``(distance, energy)`` score mean and std that standardise the fused map."""
+    def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor, weight: float | None = None) -> None:
+        """Set the normal ``(distance, energy)`` score mean and std that standardise the fused score (and its ``w``)."""
         self.score_mean.copy_(mean)
         self.score_std.copy_(std.clamp_min(1e-6))
+        if weight is not None:
+            self.score_weight.fill_(weight)
+
+    def fuse(self, scores: torch.Tensor, weight: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``z_d + w · z_e`` of ``(N, 2)`` component scores (``w``: the model's, unless given)."""
+        z = (scores - self.score_mean) / self.score_std
+        return z[:, 0] + (self.score_weight if weight is None else weight) * z[:, 1]
 
     def score(
         self,
@@ -249,13 +266,10 @@ class CkaadModel(nn.Module):
     ) -> InferenceBatch:
         """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
         anomaly_map, energy = self.component_maps(features, reconstructions, image_size)
-        if energy is not None:  # both terms in units of their normal spread (see energy_weight)
-            mean, std = self.score_mean, self.score_std
-            anomaly_map = (anomaly_map - mean[0]) / std[0] + self.energy_weight * (energy - mean[1]) / std[1]
-        return InferenceBatch(
-            pred_score=image_score(anomaly_map, self.score_mode, self.top_k),
-            anomaly_map=anomaly_map,
-        )
+        score = image_score(anomaly_map, self.score_mode, self.top_k)
+        if energy is not None:
+            score = self.fuse(torch.stack([score, image_score(energy, self.score_mode, self.top_k)], dim=1))
+        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
         """Training: features and reconstructions. Inference: anomaly map and image score.
