@@ -99,13 +99,11 @@ def _export(trained: Trained, export_type: str, file: str) -> None:
     assert (trained.workdir / "results" / "weights" / export_type / file).is_file()
 
 
-def test_openvino_export(trained: Trained) -> None:
-    _export(trained, "openvino", "model.xml")
-
-
-@pytest.mark.long
-@pytest.mark.parametrize(("export_type", "file"), [("torch", "model.pt"), ("onnx", "model.onnx")])
-def test_torch_and_onnx_export(trained: Trained, export_type: str, file: str) -> None:
+@pytest.mark.long  # ~1 minute each (anomalib's ONNX path); the in-process export tests cover the formats too
+@pytest.mark.parametrize(
+    ("export_type", "file"), [("openvino", "model.xml"), ("torch", "model.pt"), ("onnx", "model.onnx")]
+)
+def test_cli_export(trained: Trained, export_type: str, file: str) -> None:
     _export(trained, export_type, file)
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 from ckaad_anomalib import SupersimplenetWeak
 from ckaad_anomalib.data import CoarseAnomalyDataModule
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long  # a peer, not the product: its Engine run stays out of the 5-minute default suite
 
 
 class LabelCounter(Callback):
