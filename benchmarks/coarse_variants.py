@@ -234,8 +234,8 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
     datamodule = make_datamodule(args, data, seed)
     size = (args.image_size, args.image_size)
     model: AnomalibModule
-    pre_processor = Ckaad.configure_pre_processor(size, args.backbone)
     if variant in PEERS:  # same pre-processing, backbone and files; the two deepest stages given (mid-level)
+        pre_processor = Ckaad.configure_pre_processor(size, args.backbone)
         model = PEERS[variant](
             backbone=args.backbone, layers=args.layers[-2:], pre_processor=pre_processor, visualizer=False
         )

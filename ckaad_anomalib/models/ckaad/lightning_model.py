@@ -362,13 +362,13 @@ class Ckaad(AnomalibModule):
         mean = moments[1] / n
         std = ((moments[2] - n * mean**2) / (n - 1)).clamp_min(0).sqrt()
         self.model.set_score_statistics(mean.float(), std.float())
-        if choose:
+        if choose:  # fuse() below standardises with the statistics just set
             weight = torch.tensor(float(self.model.score_weight), device=self.device)
             if anomalous.any() and (~anomalous).any():
                 target = anomalous.int()
                 aurocs = [binary_auroc(self.model.fuse(all_scores.float(), w), target) for w in ENERGY_WEIGHTS]
                 weight.fill_(ENERGY_WEIGHTS[int(torch.stack(aurocs).argmax())])  # argmax: the first (smallest) best
-            self.model.set_score_statistics(mean.float(), std.float(), float(self.trainer.strategy.broadcast(weight)))
+            self.model.score_weight.fill_(float(self.trainer.strategy.broadcast(weight)))
         return True
 
     def _log_epoch(self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:

@@ -246,12 +246,10 @@ class CkaadModel(nn.Module):
             raise ValueError(msg)
         return torch.stack([image_score(m, self.score_mode, self.top_k) for m in (distance, energy)], dim=1)
 
-    def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor, weight: float | None = None) -> None:
-        """Set the normal ``(distance, energy)`` score mean and std that standardise the fused score (and its ``w``)."""
+    def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the normal ``(distance, energy)`` score mean and std that standardise the fused score."""
         self.score_mean.copy_(mean)
         self.score_std.copy_(std.clamp_min(1e-6))
-        if weight is not None:
-            self.score_weight.fill_(weight)
 
     def fuse(self, scores: torch.Tensor, weight: torch.Tensor | float | None = None) -> torch.Tensor:
         """``z_d + w · z_e`` of ``(N, 2)`` component scores (``w``: the model's, unless given)."""
