@@ -44,8 +44,8 @@ from torch.utils.data import DataLoader
 
 from ckaad_anomalib import Ckaad, SupersimplenetWeak, install_lite0_weights
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
-from ckaad_anomalib.models.ckaad.anomaly_map import image_score
 from ckaad_anomalib.models.ckaad.loss import adversarial_loss, reconstruction_loss
+from ckaad_anomalib.models.ckaad.torch_model import ScoreComponent
 
 # name: Ckaad arguments on top of the shared ones. "paper" is the published method.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,6 +62,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "focus_energy": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
     "mil_energy": {"d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": 1.0},
     "focus_auto": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": "auto"},
+    # the nearest-normal-feature distance as a third component; recon_knn is focus_auto_knn's Recon twin
+    "recon_knn": {"adv_weight": 0.0, "knn_weight": 1.0},
+    "focus_auto_knn": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": "auto", "knn_weight": 1.0},
 }
 # Peers on the same backbone, pre-processing and files: anomalib's PatchCore (unsupervised, normal images only) and
 # SupersimplenetWeak (this project's image-label SuperSimpleNet, on the same coarse batches as Ckaad).
@@ -170,38 +173,41 @@ class Diagnostics(Callback):
         self.records.append(record)
 
 
-@torch.no_grad()
-def component_scores(model: Ckaad, dataloader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN401
-    """Image scores of the distance map alone and of the patch-D energy map alone, with the labels."""
+def available_components(model: Ckaad) -> list[ScoreComponent]:
+    """The score components this trained model can compute, whether or not its score uses them."""
+    net = model.model
+    return [
+        ScoreComponent.DISTANCE,
+        *([ScoreComponent.ENERGY] if net.patch_discriminator is not None else []),
+        *([ScoreComponent.NEAREST] if net.nearest is not None else []),
+    ]
+
+
+def component_scores(model: Ckaad, dataloader: Any, names: list[ScoreComponent]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401
+    """``(N, C)`` image scores of each named component alone, and the labels."""
     net = model.model.eval()
-    distance, energy, labels = [], [], []
+    scores, labels = [], []
     for batch in dataloader:
-        images = model.pre_processor.transform(batch.image)  # type: ignore[union-attr]
-        features = net.extract(images)
-        size = images.shape[-2:]
-        dist_map = net.anomaly_map_generator(features, net.autoencoder(features), size)
-        distance.append(image_score(dist_map, net.score_mode, net.top_k))
-        energy_map = net.anomaly_map_generator.combine(net.patch_discriminator(features), size)
-        energy.append(image_score(energy_map, net.score_mode, net.top_k))
+        scores.append(net.component_scores(model.pre_processor.transform(batch.image), names))  # type: ignore[union-attr]
         labels.append(batch.gt_label.flatten())
-    return torch.cat(distance).numpy(), torch.cat(energy).numpy(), torch.cat(labels).int().numpy()
+    return torch.cat(scores).numpy(), torch.cat(labels).int().numpy()
 
 
-def components(model: Ckaad, datamodule: CoarseAnomalyDataModule) -> dict[str, float]:
-    """Test AUROC of distance alone, energy alone, and their sum after standardising each on *validation normals*.
+def components(model: Ckaad, datamodule: CoarseAnomalyDataModule, save: Path | None = None) -> dict[str, float]:
+    """Test AUROC of each score component alone and of their sum after standardising each on *validation normals*.
 
-    Recorded to show whether D's energy carries information the distance lacks; nothing here selects anything.
+    Recorded to show which component carries information the others lack; nothing here selects anything. With
+    ``save``, the per-image scores and labels of both splits go to that ``.npz`` for offline analysis.
     """
-    val_d, val_e, val_y = component_scores(model, datamodule.val_dataloader())
-    test_d, test_e, test_y = component_scores(model, datamodule.test_dataloader())
-    z_d = (test_d - val_d[val_y == 0].mean()) / val_d[val_y == 0].std()
-    z_e = (test_e - val_e[val_y == 0].mean()) / val_e[val_y == 0].std()
-    return {
-        "AUROCc_distance": roc_auc_score(test_y, test_d),
-        "AUROCc_energy": roc_auc_score(test_y, test_e),
-        "AUROCc_zsum": roc_auc_score(test_y, z_d + z_e),
-        "AUROCc_zmax": roc_auc_score(test_y, np.maximum(z_d, z_e)),
-    }
+    names = available_components(model)
+    val, val_y = component_scores(model, datamodule.val_dataloader(), names)
+    test, test_y = component_scores(model, datamodule.test_dataloader(), names)
+    if save is not None:
+        np.savez(save, names=np.array(names), val=val, val_y=val_y, test=test, test_y=test_y)
+    normal = val[val_y == 0]
+    z = (test - normal.mean(0)) / normal.std(0)
+    out = {f"AUROCc_{name}": roc_auc_score(test_y, test[:, i]) for i, name in enumerate(names)}
+    return out | {"AUROCc_zsum": roc_auc_score(test_y, z.sum(1)), "AUROCc_zmax": roc_auc_score(test_y, z.max(1))}
 
 
 def evaluate(
@@ -273,10 +279,12 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
             engine.fit(model, train_dataloaders=normals, val_dataloaders=datamodule.val_dataloader())
         fit_s = time.perf_counter() - start
         metrics = evaluate(engine, model, datamodule, args.seen if data == "texture" else None)
-        if isinstance(model, Ckaad) and model.model.patch_discriminator is not None:
-            metrics |= components(model, datamodule)
-        if isinstance(model, Ckaad) and model.model.fused:
-            metrics["energy_w"] = float(model.model.score_weight)
+        if isinstance(model, Ckaad) and len(available_components(model)) > 1:
+            save = args.out / f"scores_{data}_{variant}_{seed}.npz" if args.save_scores else None
+            metrics |= components(model, datamodule, save)
+        if isinstance(model, Ckaad) and ScoreComponent.ENERGY in model.model.components:
+            weights = model.model.score_weights
+            metrics["energy_w"] = float(weights[model.model.components.index(ScoreComponent.ENERGY)])
     row = {
         "data": data,
         "variant": variant,
@@ -431,6 +439,7 @@ def main() -> None:
     parser.add_argument("--texture-root", type=Path, default=Path("datasets/coarse_texture"))
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--save-scores", action="store_true", help="per-image component scores to --out/*.npz")
     parser.add_argument("--diagnose", action="store_true", help="per-epoch diagnostics of the first seed, plotted")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coarse"))
     parser.add_argument("--report", action="store_true", help="only rewrite table.md and plots from --out's files")

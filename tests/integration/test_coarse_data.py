@@ -11,6 +11,7 @@ import pytest
 import torch
 from anomalib.data import BMAD, Folder, MVTecAD, Visa
 from anomalib.engine import Engine
+from torch.utils.data import DataLoader
 
 from ckaad_anomalib import Ckaad
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
@@ -234,8 +235,10 @@ def test_fused_score_is_fitted_on_validation(
     assert (~anomalous).sum() >= 2
     torch.testing.assert_close(model.model.score_mean, scores[~anomalous].mean(0))
     torch.testing.assert_close(model.model.score_std, scores[~anomalous].std(0))
-    aurocs = torch.stack([binary_auroc(model.model.fuse(scores, w), anomalous.int()) for w in ENERGY_WEIGHTS])
-    assert float(model.model.score_weight) == ENERGY_WEIGHTS[int(aurocs.argmax())]  # best on validation, smallest tie
+    candidates = [torch.tensor([1.0, w]) for w in ENERGY_WEIGHTS]
+    aurocs = torch.stack([binary_auroc(model.model.fuse(scores, w), anomalous.int()) for w in candidates])
+    best = ENERGY_WEIGHTS[int(aurocs.argmax())]  # best on validation, smallest on ties
+    assert model.model.score_weights.tolist() == [1.0, best]
     assert engine.test(model, datamodule=dm)[0]["image_AUROC"] >= 0
 
     # no validation loop: the normal training images stand in, w stays, and the log says so
@@ -248,4 +251,34 @@ def test_fused_score_is_fitted_on_validation(
     model.model.eval()
     scores, anomalous = _component_scores(model, dm.train_dataloader())
     torch.testing.assert_close(model.model.score_mean, scores[~anomalous].mean(0))
-    assert float(model.model.score_weight) == 1.0
+    assert model.model.score_weights.tolist() == [1.0, 1.0]
+
+
+def test_nearest_normal_bank_holds_the_normal_training_images_and_survives_the_checkpoint(
+    mvtec_root: Path, lite0_weights: Path, tmp_path: Path
+) -> None:
+    """The Recon twin of the knn setting (no D): bank from every normal training image, never a coarse anomaly."""
+    del lite0_weights
+    torch.manual_seed(0)
+    model = small_ckaad(adv_weight=0.0, knn_weight=1.0)
+    assert model.trainer_arguments["num_sanity_val_steps"] == 0  # the bank is empty before the first epoch
+    dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0)
+    engine = Engine(default_root_dir=tmp_path, max_epochs=2, accelerator="cpu", logger=False)
+    engine.fit(model, datamodule=dm)
+    nearest = model.model.nearest
+    assert nearest is not None
+    transform = model.pre_processor.transform  # type: ignore[union-attr]
+    normal_loader = DataLoader(dm.train_data, batch_size=8, collate_fn=dm.train_data.collate_fn)
+    normals = torch.cat([nearest.patches(model.model.extract(transform(b.image))) for b in normal_loader])
+    # the bank is exactly the normal training images' embeddings (fewer than bank_size), each once
+    assert sorted(map(tuple, nearest.memory_bank.tolist())) == sorted(map(tuple, normals.tolist()))
+    coarse = torch.cat(
+        [nearest.patches(model.model.extract(transform(b.image[b.gt_label.bool()]))) for b in dm.train_dataloader()]
+    )
+    assert torch.cdist(coarse, nearest.memory_bank).min() > 0  # no coarse anomaly patch in the bank
+    assert model.model.score_std.shape == (2,)  # (distance, nearest), fitted on validation normals
+    loaded = Ckaad.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
+    batch = next(iter(dm.test_dataloader()))
+    torch.testing.assert_close(
+        loaded.model.eval()(transform(batch.image)).pred_score, model.model.eval()(transform(batch.image)).pred_score
+    )

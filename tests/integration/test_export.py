@@ -13,7 +13,7 @@ import torch
 from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
 from scipy.stats import spearmanr
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from ckaad_anomalib import Ckaad
 from ckaad_anomalib.deploy import EdgeDetector
@@ -79,6 +79,7 @@ def test_int8_export_calibrates_on_normal_images(
     exported: tuple[Ckaad, dict[str, Path]], mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     model, paths = exported
+    fp32_statistics = {k: v.clone() for k, v in model.post_processor.state_dict().items()}
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False)
     with caplog.at_level(logging.INFO):
         int8 = engine.export(
@@ -89,6 +90,20 @@ def test_int8_export_calibrates_on_normal_images(
             datamodule=_datamodule(mvtec_root),
         )
     assert "INT8 calibration on 12 normal training images" in caplog.text
+    assert "INT8 threshold from its own scores on" in caplog.text
+    for name, value in model.post_processor.state_dict().items():  # the torch model keeps FP32's statistics
+        torch.testing.assert_close(value, fp32_statistics[name], equal_nan=True)
+    # its own threshold: on the validation split the INT8 labels reach the best F1 of the INT8 scores
+    datamodule = _datamodule(mvtec_root)
+    datamodule.setup("fit")
+    samples = datamodule.val_data.samples
+    val_truth = samples.label_index.to_numpy().astype(bool)
+    val = EdgeDetector(int8, batch_size=len(samples)).infer(np.stack([load_image(p) for p in samples.image_path]))
+    precision, recall, _ = precision_recall_curve(val_truth, val["pred_score"])
+    best_f1 = np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+    # anomalib's F1-adaptive threshold is one of the validation scores, which normalisation rounds to 0.5 ± 1e-6
+    own_labels = val["pred_score"] >= 0.5 - 1e-5
+    assert f1_score(val_truth, own_labels) == pytest.approx(best_f1)
     ov_model = ov.Core().read_model(str(int8))
     assert any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
     files, _ = _images(mvtec_root)

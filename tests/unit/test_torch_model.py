@@ -109,17 +109,16 @@ def test_no_weights_and_no_hub_fails_fast_with_the_message_first(monkeypatch: py
 
 def test_energy_score_fuses_the_standardised_patch_discriminator_and_keeps_it_in_the_export(seeded: None) -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight=2.0)
-    assert {"score_mean", "score_std", "score_weight"} <= set(model.state_dict())  # saved and exported
+    assert {"score_mean", "score_std", "score_weights"} <= set(model.state_dict())  # saved and exported
     model.set_score_statistics(torch.tensor([0.3, 1.5]), torch.tensor([0.1, 0.0]))
     assert float(model.score_std[1]) == pytest.approx(1e-6)  # a zero spread cannot divide by zero
     model.set_score_statistics(torch.tensor([0.3, 1.5]), torch.tensor([0.1, 2.0]))
-    assert float(model.score_weight) == 2.0
+    assert model.score_weights.tolist() == [1.0, 2.0]
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     out = model(x)
     features = model.extract(x)
     distance, energy = model.component_maps(features, model.autoencoder(features), (64, 64))
-    assert energy is not None
     torch.testing.assert_close(out.anomaly_map, distance)  # localisation stays the reconstruction distance
     d_score, e_score = image_score(distance, top_k=100), image_score(energy, top_k=100)
     torch.testing.assert_close(out.pred_score, (d_score - 0.3) / 0.1 + 2.0 * (e_score - 1.5) / 2.0)
@@ -137,7 +136,7 @@ def test_energy_score_fuses_the_standardised_patch_discriminator_and_keeps_it_in
     auto = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight="auto")
     assert auto.fused
     assert auto.auto_weight
-    assert float(auto.score_weight) == 1.0  # until validation chooses
+    assert auto.score_weights.tolist() == [1.0, 1.0]  # until validation chooses
 
 
 def test_without_the_fused_score_no_statistics_are_saved() -> None:
@@ -145,3 +144,41 @@ def test_without_the_fused_score_no_statistics_are_saved() -> None:
     assert not {"score_mean", "score_std"} & set(model.state_dict())  # checkpoints keep their keys
     with pytest.raises(ValueError, match="needs the fused score"):
         model.component_scores(torch.randn(2, 3, 64, 64))
+
+
+def test_nearest_normal_score_joins_the_fused_score_and_travels_with_the_model(seeded: None) -> None:
+    model = CkaadModel(**RESNET18, input_size=(64, 64), discriminator=None, knn_weight=0.5, memory_bank_size=40)
+    assert model.components == ["distance", "nearest"]
+    assert model.nearest is not None
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(RuntimeError, match=r"memory bank is empty.*num_sanity_val_steps=0"):
+        model(x)  # never a silent score from an untrained bank
+    bank = model.nearest.patches(model.extract(torch.randn(3, 3, 64, 64)))
+    assert bank.shape == (3 * 8 * 8, 128 + 256)  # PatchCore's layout: two deepest stages at the shallower's size
+    model.nearest.set_memory_bank(bank)
+    assert model.nearest.memory_bank.shape == (40, 384)  # a random subset of bank_size rows
+    kept = torch.randperm(192, generator=torch.Generator().manual_seed(0))[:40]
+    torch.testing.assert_close(model.nearest.memory_bank, bank[kept])
+    model.set_score_statistics(torch.tensor([0.3, 2.0]), torch.tensor([0.1, 4.0]))
+    out = model(x)
+    features = model.extract(x)
+    distance, nearest = model.component_maps(features, model.autoencoder(features), (64, 64))
+    torch.testing.assert_close(out.anomaly_map, distance)
+    d_score, n_score = image_score(distance, top_k=100), image_score(nearest, top_k=100)
+    torch.testing.assert_close(out.pred_score, (d_score - 0.3) / 0.1 + 0.5 * (n_score - 2.0) / 4.0)
+    # brute force: each position's distance to its nearest bank row, before upsampling and blur
+    queries = model.nearest.patches(features)
+    brute = torch.cdist(queries, model.nearest.memory_bank).min(1).values.reshape(2, 1, 8, 8)
+    torch.testing.assert_close(model.nearest(features), brute, atol=1e-3, rtol=1e-4)
+
+    # a fresh model (empty bank) loads a trained one's bank; exports carry it
+    fresh = CkaadModel(**RESNET18, input_size=(64, 64), discriminator=None, knn_weight=0.5, memory_bank_size=40)
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.eval()(x).pred_score, out.pred_score)
+    program = torch.export.export(model, (x,))
+    constants = {**program.state_dict, **program.constants}
+    assert any(v.shape == (40, 384) for v in constants.values())
+    torch.testing.assert_close(program.module()(x).pred_score, out.pred_score)
+    with pytest.raises(ValueError, match=r"knn_weight=-1 must be a number >= 0"):
+        CkaadModel(**RESNET18, input_size=(64, 64), knn_weight=-1)

@@ -3,16 +3,22 @@
 * Exports (torch, ONNX, OpenVINO) carry no training-only discriminator weights (``CkaadModel.inference_only``; the
   patch discriminator stays when ``energy_weight > 0`` because the score then uses it).
 * INT8: calibrated on *normal training images*, and only the feature convolutions are quantised
-  (:func:`int8_ignored_ops`, :func:`quantize_int8`).
+  (:func:`int8_ignored_ops`, :func:`quantize_int8`); its threshold and normalisation are fitted on its *own*
+  validation scores (:func:`export_int8_with_own_thresholds`).
 * The OpenVINO precision hint of the torch-free runtime (``ckaad_anomalib.deploy``) defaults to f32.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
+import torch
 from anomalib.data import AnomalibDataModule
+from anomalib.post_processing import PostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +81,63 @@ def quantize_int8(model: Any, datamodule: AnomalibDataModule | None = None) -> A
         subset_size=min(len(normal), CALIBRATION_IMAGES),
         ignored_scope=nncf.IgnoredScope(names=int8_ignored_ops(model), validate=False),
     )
+
+
+def export_int8_with_own_thresholds(
+    post_processor: PostProcessor,
+    export: Callable[..., Path],
+    export_root: Path | str,
+    datamodule: AnomalibDataModule | None,
+    **kwargs: Any,  # noqa: ANN401 - anomalib's to_openvino arguments
+) -> Path:
+    """INT8 export whose threshold and normalisation come from the INT8 model's own validation scores.
+
+    anomalib bakes the FP32 model's threshold and min/max into the INT8 graph. Quantised features shift the scores,
+    so that threshold no longer sits where F1 is best (measured on ELPV: F1 −3.4 points). Here the model is first
+    quantised without normalisation and thresholding; its raw scores on the validation split refit the
+    post-processor with anomalib's own metrics (F1-adaptive threshold, min/max); then it is exported and quantised
+    again with those statistics baked in. The quantisation is deterministic (same calibration images and ignored
+    ops), so the second INT8 network is the first one. The torch model keeps its FP32 statistics afterwards.
+
+    Args:
+        post_processor: The module's post-processor (its statistics are restored on return).
+        export: anomalib's ``to_openvino`` of the module.
+        export_root: Output folder.
+        datamodule: Datamodule with the validation split (and the calibration images).
+        kwargs: The rest of ``to_openvino``'s arguments (compression type included).
+
+    Returns:
+        Path of the exported model.
+    """
+    from ckaad_anomalib.deploy import EdgeDetector
+
+    if datamodule is None:
+        msg = "INT8 export of Ckaad calibrates on normal training images and thresholds on validation: pass --data."
+        raise ValueError(msg)
+    fp32_statistics = {name: value.clone() for name, value in post_processor.state_dict().items()}
+    flags = post_processor.enable_normalization, post_processor.enable_thresholding
+    datamodule.setup("fit")
+    loader = datamodule.val_dataloader()
+    try:
+        with TemporaryDirectory() as raw_root:
+            post_processor.enable_normalization = post_processor.enable_thresholding = False
+            raw_path = export(raw_root, datamodule=datamodule, **kwargs)
+            post_processor.enable_normalization, post_processor.enable_thresholding = flags
+            detector = EdgeDetector(raw_path)
+            for batch in loader:
+                out = detector.infer(batch.image.numpy())
+                scored = batch.update(
+                    pred_score=torch.from_numpy(out["pred_score"]), anomaly_map=torch.from_numpy(out["anomaly_map"])
+                )
+                post_processor.on_validation_batch_end(None, None, scored)  # type: ignore[arg-type]
+        post_processor.on_validation_epoch_end(None, None)  # type: ignore[arg-type]
+        logger.info(
+            "INT8 threshold from its own scores on %d validation images: %.4f (FP32: %.4f).",
+            len(loader.dataset),
+            float(post_processor.image_threshold),
+            float(fp32_statistics["_image_threshold"]),
+        )
+        return export(export_root, datamodule=datamodule, **kwargs)
+    finally:
+        post_processor.enable_normalization, post_processor.enable_thresholding = flags
+        post_processor.load_state_dict(fp32_statistics)

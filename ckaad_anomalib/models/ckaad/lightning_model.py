@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, Literal, cast
 import torch
 from anomalib import LearningType
 from anomalib.data import AnomalibDataModule, Batch
+from anomalib.deploy import CompressionType
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -36,9 +38,9 @@ from torch import optim
 from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from .export import quantize_int8
+from .export import export_int8_with_own_thresholds, quantize_int8
 from .loss import CkaadLoss, reconstruction_loss, require
-from .torch_model import ENERGY_WEIGHTS, CkaadModel, TrainOutput
+from .torch_model import ENERGY_WEIGHTS, CkaadModel, ScoreComponent, TrainOutput
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,11 @@ class Ckaad(AnomalibModule):
             validation epoch; on normal training images if validation has none). ``"auto"``: ``w`` is also chosen
             there, from ``(0, 0.5, 1, 2)``, by validation image AUROC. The anomaly map stays the distance map; the
             exported graph then holds the patch discriminator.
+        knn_weight: ``0`` (paper): off. ``w > 0``: the image score also adds ``w`` times the standardised
+            nearest-normal-feature distance (PatchCore's patch score on the same frozen features; memory bank from
+            the normal training images of the first epoch), so the coarse labels steer a stronger base score than
+            reconstruction alone. Standardised like ``energy_weight``; the export then holds the memory bank.
+        memory_bank_size: Most normal embeddings in that memory bank (a random subset; 16384 × D floats).
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -128,6 +135,8 @@ class Ckaad(AnomalibModule):
         push_weight: float = 0.0,
         push_margin: float = 1.0,
         energy_weight: float | Literal["auto"] = 0.0,
+        knn_weight: float = 0.0,
+        memory_bank_size: int = 16384,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -174,10 +183,13 @@ class Ckaad(AnomalibModule):
             top_k=top_k,
             score_mode=score_mode,
             energy_weight=energy_weight,
+            knn_weight=knn_weight,
+            memory_bank_size=memory_bank_size,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
         self._fused_score_epoch = -1  # the epoch whose validation fitted the fused score
+        self._bank_parts: list[torch.Tensor] = []  # normal embeddings seen while the memory bank is empty
 
     @staticmethod
     def _validate(
@@ -266,6 +278,8 @@ class Ckaad(AnomalibModule):
         features, recons = out
         normal_features, normal_recons = [f[normal] for f in features], [r[normal] for r in recons]
         rec_loss = reconstruction_loss(normal_features, normal_recons)
+        if self.model.nearest is not None and self.model.nearest.empty:  # the features are computed anyway
+            self._bank_parts.append(self.model.nearest.patches([f.detach() for f in normal_features]))
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -307,6 +321,7 @@ class Ckaad(AnomalibModule):
         The normal images give the standardisation; with ``energy_weight="auto"`` the labelled ones also choose
         ``w``. anomalib fits its threshold and normalisation on the same split right after; test is never used.
         """
+        self._build_memory_bank()
         if self.model.fused and self._fit_fused_score(self.trainer.val_dataloaders, choose=self.model.auto_weight):
             self._fused_score_epoch = self.current_epoch
 
@@ -315,23 +330,42 @@ class Ckaad(AnomalibModule):
 
         D has been trained on those, so their energies are lower and tighter than held-out ones; say so.
         """
+        self._build_memory_bank()
         if not self.model.fused or self._fused_score_epoch == self.current_epoch:
             return
         if self._fit_fused_score(self.trainer.train_dataloader, choose=False):
             logger.warning(
-                "Ckaad(energy_weight=%s): no normal validation images, so the fused score is standardised on the "
-                "normal training images, which D has seen (w = %.2f). Give the datamodule a validation split with "
-                "normal and anomalous images.",
+                "Ckaad(energy_weight=%s, knn_weight=%s): no normal validation images, so the fused score is "
+                "standardised on the normal training images, which D and the memory bank have seen (weights %s). "
+                "Give the datamodule a validation split with normal and anomalous images.",
                 self.hparams.get("energy_weight"),
-                float(self.model.score_weight),
+                self.hparams.get("knn_weight"),
+                self.model.score_weights.tolist(),
             )
+
+    def _build_memory_bank(self) -> None:
+        """Fill the nearest-normal memory bank from the normal embeddings collected in training (once).
+
+        Under DDP every rank contributes the same number of its embeddings, and all ranks keep the same subset.
+        """
+        if not self._bank_parts:
+            return
+        local = torch.cat(self._bank_parts)
+        self._bank_parts = []
+        if self.trainer.world_size > 1:
+            count = cast("torch.Tensor", self.all_gather(torch.tensor(len(local), device=self.device))).min()
+            local = local[torch.randperm(len(local), device=self.device)[: int(count)]]
+            local = cast("torch.Tensor", self.all_gather(local)).flatten(0, 1)
+        assert self.model.nearest is not None  # noqa: S101 - parts are only collected for it
+        self.model.nearest.set_memory_bank(local)
 
     @torch.no_grad()
     def _fit_fused_score(self, loaders: Any, choose: bool) -> bool:  # noqa: ANN401 - DataLoader(s) or None
-        """Fit the fused score's normal statistics (and, if ``choose``, its energy weight) on ``loaders``' images.
+        """Fit the fused score's normal statistics (and, if ``choose``, the energy weight) on ``loaders``' images.
 
-        Mean and std come from every rank's normal images. ``w`` is the candidate of :data:`ENERGY_WEIGHTS` with
-        the best image AUROC (the smallest on ties); under DDP rank 0 picks it from its shard and broadcasts it.
+        Mean and std come from every rank's normal images. The energy weight is the candidate of
+        :data:`ENERGY_WEIGHTS` with the best image AUROC (the smallest on ties), the other weights fixed; under DDP
+        rank 0 picks it from its shard and broadcasts it.
 
         Returns:
             Whether there were at least two normal images (otherwise nothing is changed).
@@ -349,11 +383,12 @@ class Ckaad(AnomalibModule):
                 scores.append(self.model.component_scores(transform(images) if transform else images).double())
                 labels.append(batch.gt_label.to(self.device).bool())
         self.model.train(was_training)
-        all_scores = torch.cat(scores) if scores else torch.zeros(0, 2, device=self.device, dtype=torch.float64)
+        n_components = len(self.model.components)
+        all_scores = torch.cat(scores) if scores else torch.zeros(0, n_components, device=self.device).double()
         anomalous = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.bool, device=self.device)
         normal = all_scores[~anomalous]
         moments = torch.stack(
-            [torch.full((2,), float(len(normal)), device=self.device), normal.sum(0), (normal**2).sum(0)]
+            [torch.full((n_components,), float(len(normal)), device=self.device), normal.sum(0), (normal**2).sum(0)]
         )
         moments = self.trainer.strategy.reduce(moments.double(), reduce_op="sum")  # every rank: the same statistics
         n = moments[0, 0]
@@ -363,12 +398,15 @@ class Ckaad(AnomalibModule):
         std = ((moments[2] - n * mean**2) / (n - 1)).clamp_min(0).sqrt()
         self.model.set_score_statistics(mean.float(), std.float())
         if choose:  # fuse() below standardises with the statistics just set
-            weight = torch.tensor(float(self.model.score_weight), device=self.device)
+            weights = self.model.score_weights.clone()
             if anomalous.any() and (~anomalous).any():
+                energy = self.model.components.index(ScoreComponent.ENERGY)
+                candidates = weights.repeat(len(ENERGY_WEIGHTS), 1)
+                candidates[:, energy] = torch.tensor(ENERGY_WEIGHTS)
                 target = anomalous.int()
-                aurocs = [binary_auroc(self.model.fuse(all_scores.float(), w), target) for w in ENERGY_WEIGHTS]
-                weight.fill_(ENERGY_WEIGHTS[int(torch.stack(aurocs).argmax())])  # argmax: the first (smallest) best
-            self.model.score_weight.fill_(float(self.trainer.strategy.broadcast(weight)))
+                aurocs = torch.stack([binary_auroc(self.model.fuse(all_scores.float(), w), target) for w in candidates])
+                weights = candidates[int(aurocs.argmax())]  # argmax: the first (smallest) best
+            self.model.score_weights.copy_(self.trainer.strategy.broadcast(weights))
         return True
 
     def _log_epoch(self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:
@@ -393,6 +431,17 @@ class Ckaad(AnomalibModule):
         with self.model.inference_only():
             return super().to_onnx(*args, **kwargs)
 
+    def to_openvino(self, export_root: Path | str, *args, **kwargs) -> Path:  # type: ignore[override]
+        """Export to OpenVINO (anomalib's); INT8 gets its own threshold (:func:`.export_int8_with_own_thresholds`)."""
+        arguments = inspect.signature(AnomalibModule.to_openvino).bind(self, export_root, *args, **kwargs).arguments
+        arguments.pop("self")
+        if arguments.get("compression_type") not in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}:
+            return super().to_openvino(**arguments)
+        if not isinstance(self.post_processor, PostProcessor):
+            return super().to_openvino(**arguments)  # a custom post-processor: nothing of anomalib's to refit
+        root, datamodule = arguments.pop("export_root"), arguments.pop("datamodule", None)
+        return export_int8_with_own_thresholds(self.post_processor, super().to_openvino, root, datamodule, **arguments)
+
     @staticmethod
     def _post_training_quantization_ov(model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401
         """INT8 post-training quantisation calibrated on normal training images (see :func:`.export.quantize_int8`)."""
@@ -400,8 +449,15 @@ class Ckaad(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Only what the user asked the model for: ``max_epochs`` if set (clipping is done per optimiser)."""
-        return {} if self.max_epochs is None else {"max_epochs": self.max_epochs}
+        """What the model needs from the trainer (clipping is done per optimiser).
+
+        ``max_epochs`` if set, and with ``knn_weight`` no sanity validation: the memory bank is filled in the first
+        training epoch.
+        """
+        arguments: dict[str, Any] = {} if self.max_epochs is None else {"max_epochs": self.max_epochs}
+        if self.model.nearest is not None:
+            arguments["num_sanity_val_steps"] = 0
+        return arguments
 
     @property
     def learning_type(self) -> LearningType:

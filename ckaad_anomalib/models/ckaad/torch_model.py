@@ -18,7 +18,7 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator, ScoreMode, image_score
+from .anomaly_map import AnomalyMapGenerator, NearestNormalMap, ScoreMode, image_score
 from .autoencoder import FeatureAutoEncoder
 from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
 
@@ -27,6 +27,14 @@ logger = logging.getLogger(__name__)
 
 # Candidates of energy_weight="auto": no energy, half, equal and double weight of the standardised energy score.
 ENERGY_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
+class ScoreComponent(StrEnum):
+    """Image-score components; each is the top-k (or mean) of one map."""
+
+    DISTANCE = "distance"  # reconstruction distance: the paper's score, and the anomaly map
+    ENERGY = "energy"  # the patch discriminator's energy of the input features
+    NEAREST = "nearest"  # distance to the nearest normal training embedding (PatchCore's patch score)
 
 
 class DiscriminatorType(StrEnum):
@@ -112,14 +120,19 @@ class CkaadModel(nn.Module):
         sigma: Gaussian blur σ of the anomaly map.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` or ``"mean"``.
-        energy_weight: ``0`` (paper): the image score is the top-k of the reconstruction-distance map. ``w > 0``:
-            it is ``z_d + w · z_e``, where ``z_d`` and ``z_e`` are the top-k scores of the distance map and of the
-            patch discriminator's energy map of the *input* features, each standardised by the mean and std of
-            held-out *normal* images' scores (:meth:`set_score_statistics`), so each is in units of its own normal
-            spread, whatever the backbone or the margin. ``"auto"``: ``w`` is chosen from :data:`ENERGY_WEIGHTS` on
-            labelled validation images (by the Lightning module). The anomaly map stays the distance map: fused at
-            pixel level, the energy blurred the localisation. Mean, std and ``w`` are buffers, exported with the
-            model, and the patch discriminator then stays in the exported graph.
+        energy_weight: ``0`` (paper): the energy is not scored. ``w > 0``: the image score adds ``w · z_e``, where
+            ``z_e`` is the top-k score of the patch discriminator's energy map of the *input* features. ``"auto"``:
+            ``w`` is chosen from :data:`ENERGY_WEIGHTS` on labelled validation images (by the Lightning module).
+        knn_weight: ``0`` (paper): no nearest-normal score. ``w > 0``: the image score adds ``w · z_n``, the top-k
+            score of the nearest-normal-feature distance map (:class:`NearestNormalMap`, filled from the normal
+            training images by the Lightning module).
+        memory_bank_size: Most normal embeddings the nearest-normal score keeps.
+
+    With any of these weights set, the image score is ``z_d + w_e · z_e + w_n · z_n``: each component standardised by
+    the mean and std of held-out *normal* images' scores (:meth:`set_score_statistics`), so each is in units of its
+    own normal spread whatever the backbone, the margin or the feature scale. The anomaly map stays the distance map:
+    fused at pixel level, the energy blurred the localisation. Statistics and weights are buffers, exported with the
+    model, and the graph then keeps the patch discriminator and/or the memory bank.
 
     Example:
         >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
@@ -131,7 +144,7 @@ class CkaadModel(nn.Module):
 
     score_mean: torch.Tensor
     score_std: torch.Tensor
-    score_weight: torch.Tensor
+    score_weights: torch.Tensor
 
     def __init__(
         self,
@@ -144,6 +157,8 @@ class CkaadModel(nn.Module):
         top_k: int = 100,
         score_mode: ScoreMode | str = ScoreMode.TOPK,
         energy_weight: float | str = 0.0,
+        knn_weight: float = 0.0,
+        memory_bank_size: int = 16384,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -183,12 +198,19 @@ class CkaadModel(nn.Module):
                 "discriminator (discriminator 'patch' or 'both', adv_weight > 0)."
             )
             raise ValueError(msg)
-        self.fused = weight > 0  # D's energy is part of the image score
-        # (distance, energy) score statistics of held-out normal images and the energy's weight; saved only when
-        # the score uses them, so checkpoints of models without it keep their keys
-        self.register_buffer("score_mean", torch.zeros(2), persistent=self.fused)
-        self.register_buffer("score_std", torch.ones(2), persistent=self.fused)
-        self.register_buffer("score_weight", torch.tensor(float(weight)), persistent=self.fused)
+        if not isinstance(knn_weight, int | float) or knn_weight < 0 or memory_bank_size < 1:
+            msg = f"knn_weight={knn_weight!r} must be a number >= 0 and memory_bank_size={memory_bank_size!r} >= 1."
+            raise ValueError(msg)
+        self.nearest = NearestNormalMap(bank_size=memory_bank_size) if knn_weight > 0 else None
+        weights = dict(zip(ScoreComponent, (1.0, float(weight), float(knn_weight)), strict=True))
+        self.components = [c for c, w in weights.items() if w > 0]
+        self.fused = len(self.components) > 1  # the image score is a standardised, weighted sum
+        # per-component score statistics of held-out normal images and the weights; saved only when the score uses
+        # them, so checkpoints of models without it keep their keys
+        self.register_buffer("score_mean", torch.zeros(len(self.components)), persistent=self.fused)
+        self.register_buffer("score_std", torch.ones(len(self.components)), persistent=self.fused)
+        chosen = torch.tensor([weights[c] for c in self.components])
+        self.register_buffer("score_weights", chosen, persistent=self.fused)
 
     @contextmanager
     def inference_only(self) -> Iterator[CkaadModel]:
@@ -199,7 +221,7 @@ class CkaadModel(nn.Module):
         """
         saved = self.patch_discriminator, self.image_discriminator
         self.image_discriminator = None
-        if not self.fused:
+        if ScoreComponent.ENERGY not in self.components:
             self.patch_discriminator = None
         try:
             yield self
@@ -229,32 +251,43 @@ class CkaadModel(nn.Module):
         features: Sequence[torch.Tensor],
         reconstructions: Sequence[torch.Tensor],
         image_size: tuple[int, int] | torch.Size,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The reconstruction-distance map and, when the score fuses it, the patch-D energy map of the input."""
-        distance = self.anomaly_map_generator(features, reconstructions, image_size)
-        if not self.fused or self.patch_discriminator is None:
-            return distance, None
-        return distance, self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size)
+        components: Sequence[ScoreComponent | str] | None = None,
+    ) -> list[torch.Tensor]:
+        """``(N, 1, H, W)`` maps of ``components`` (default: the score's), the distance map first in the default."""
+        maps = []
+        for component in components or self.components:
+            if component == ScoreComponent.DISTANCE:
+                maps.append(self.anomaly_map_generator(features, reconstructions, image_size))
+            elif component == ScoreComponent.ENERGY and self.patch_discriminator is not None:
+                maps.append(self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size))
+            elif component == ScoreComponent.NEAREST and self.nearest is not None:
+                maps.append(self.anomaly_map_generator.combine([self.nearest(features)], image_size))
+            else:
+                msg = f"score component {component!r} is not available in this model (components: {self.components})."
+                raise ValueError(msg)
+        return maps
 
     @torch.no_grad()
-    def component_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 2)`` image scores of the distance map and of the energy map alone (needs a fused score)."""
-        features = self.extract(images)
-        distance, energy = self.component_maps(features, self.autoencoder(features), images.shape[-2:])
-        if energy is None:
-            msg = "component_scores needs the fused score (energy_weight > 0 or 'auto')."
+    def component_scores(
+        self, images: torch.Tensor, components: Sequence[ScoreComponent | str] | None = None
+    ) -> torch.Tensor:
+        """``(N, C)`` image scores of each of ``components`` alone (default: the fused score's; needs one)."""
+        if components is None and not self.fused:
+            msg = "component_scores needs the fused score (energy_weight or knn_weight > 0) or named components."
             raise ValueError(msg)
-        return torch.stack([image_score(m, self.score_mode, self.top_k) for m in (distance, energy)], dim=1)
+        features = self.extract(images)
+        maps = self.component_maps(features, self.autoencoder(features), images.shape[-2:], components)
+        return torch.stack([image_score(m, self.score_mode, self.top_k) for m in maps], dim=1)
 
     def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the normal ``(distance, energy)`` score mean and std that standardise the fused score."""
+        """Set the normal per-component score mean and std that standardise the fused score."""
         self.score_mean.copy_(mean)
         self.score_std.copy_(std.clamp_min(1e-6))
 
-    def fuse(self, scores: torch.Tensor, weight: torch.Tensor | float | None = None) -> torch.Tensor:
-        """``z_d + w · z_e`` of ``(N, 2)`` component scores (``w``: the model's, unless given)."""
+    def fuse(self, scores: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``Σ_c w_c · z_c`` of ``(N, C)`` component scores (``w``: the model's, unless given)."""
         z = (scores - self.score_mean) / self.score_std
-        return z[:, 0] + (self.score_weight if weight is None else weight) * z[:, 1]
+        return (z * (self.score_weights if weights is None else weights)).sum(dim=1)
 
     def score(
         self,
@@ -263,11 +296,10 @@ class CkaadModel(nn.Module):
         image_size: tuple[int, int] | torch.Size,
     ) -> InferenceBatch:
         """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
-        anomaly_map, energy = self.component_maps(features, reconstructions, image_size)
-        score = image_score(anomaly_map, self.score_mode, self.top_k)
-        if energy is not None:
-            score = self.fuse(torch.stack([score, image_score(energy, self.score_mode, self.top_k)], dim=1))
-        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+        maps = self.component_maps(features, reconstructions, image_size)
+        scores = [image_score(m, self.score_mode, self.top_k) for m in maps]
+        score = self.fuse(torch.stack(scores, dim=1)) if self.fused else scores[0]
+        return InferenceBatch(pred_score=score, anomaly_map=maps[0])
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
         """Training: features and reconstructions. Inference: anomaly map and image score.
