@@ -65,6 +65,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the nearest-normal-feature distance as a third component; recon_knn is focus_auto_knn's Recon twin
     "recon_knn": {"adv_weight": 0.0, "knn_weight": 1.0},
     "focus_auto_knn": {"gamma": 0.0, "d_lr": 1e-3, "mil_fraction": 0.1, "energy_weight": "auto", "knn_weight": 1.0},
+    # nearest-normal score plus closeness to the coarse anomalies' most anomalous patches (w chosen on validation);
+    # its twin without coarse knowledge is the same run's nearest-normal score alone (AUROCc_nearest)
+    "coarse_knn": {"distance_weight": 0.0, "knn_weight": 1.0, "coarse_weight": "auto"},
 }
 # Peers on the same backbone, pre-processing and files: anomalib's PatchCore (unsupervised, normal images only) and
 # SupersimplenetWeak (this project's image-label SuperSimpleNet, on the same coarse batches as Ckaad).
@@ -180,6 +183,7 @@ def available_components(model: Ckaad) -> list[ScoreComponent]:
         ScoreComponent.DISTANCE,
         *([ScoreComponent.ENERGY] if net.patch_discriminator is not None else []),
         *([ScoreComponent.NEAREST] if net.nearest is not None else []),
+        *([ScoreComponent.COARSE] if net.coarse is not None else []),
     ]
 
 
@@ -282,9 +286,9 @@ def run(args: argparse.Namespace, data: str, seed: int, variant: str) -> tuple[d
         if isinstance(model, Ckaad) and len(available_components(model)) > 1:
             save = args.out / f"scores_{data}_{variant}_{seed}.npz" if args.save_scores else None
             metrics |= components(model, datamodule, save)
-        if isinstance(model, Ckaad) and ScoreComponent.ENERGY in model.model.components:
-            weights = model.model.score_weights
-            metrics["energy_w"] = float(weights[model.model.components.index(ScoreComponent.ENERGY)])
+        if isinstance(model, Ckaad):  # the weights "auto" chose on validation
+            net = model.model
+            metrics |= {f"{c}_w": float(net.score_weights[net.components.index(c)]) for c in net.auto_components}
     row = {
         "data": data,
         "variant": variant,

@@ -218,7 +218,7 @@ def test_fused_score_is_fitted_on_validation(
 ) -> None:
     from torchmetrics.functional.classification import binary_auroc
 
-    from ckaad_anomalib.models.ckaad.torch_model import ENERGY_WEIGHTS
+    from ckaad_anomalib.models.ckaad.torch_model import AUTO_WEIGHTS, ScoreComponent
 
     del lite0_weights
     torch.manual_seed(0)
@@ -235,9 +235,10 @@ def test_fused_score_is_fitted_on_validation(
     assert (~anomalous).sum() >= 2
     torch.testing.assert_close(model.model.score_mean, scores[~anomalous].mean(0))
     torch.testing.assert_close(model.model.score_std, scores[~anomalous].std(0))
-    candidates = [torch.tensor([1.0, w]) for w in ENERGY_WEIGHTS]
+    energy_weights = AUTO_WEIGHTS[ScoreComponent.ENERGY]
+    candidates = [torch.tensor([1.0, w]) for w in energy_weights]
     aurocs = torch.stack([binary_auroc(model.model.fuse(scores, w), anomalous.int()) for w in candidates])
-    best = ENERGY_WEIGHTS[int(aurocs.argmax())]  # best on validation, smallest on ties
+    best = energy_weights[int(aurocs.argmax())]  # best on validation, smallest on ties
     assert model.model.score_weights.tolist() == [1.0, best]
     assert engine.test(model, datamodule=dm)[0]["image_AUROC"] >= 0
 
@@ -269,12 +270,12 @@ def test_nearest_normal_bank_holds_the_normal_training_images_and_survives_the_c
     assert nearest is not None
     transform = model.pre_processor.transform  # type: ignore[union-attr]
     normal_loader = DataLoader(dm.train_data, batch_size=8, collate_fn=dm.train_data.collate_fn)
-    normals = torch.cat([nearest.patches(model.model.extract(transform(b.image))) for b in normal_loader])
+    normals = torch.cat([nearest.patches(model.model.extract(transform(b.image))) for b in normal_loader]).flatten(0, 1)
     # the bank is exactly the normal training images' embeddings (fewer than bank_size), each once
     assert sorted(map(tuple, nearest.memory_bank.tolist())) == sorted(map(tuple, normals.tolist()))
     coarse = torch.cat(
         [nearest.patches(model.model.extract(transform(b.image[b.gt_label.bool()]))) for b in dm.train_dataloader()]
-    )
+    ).flatten(0, 1)
     assert torch.cdist(coarse, nearest.memory_bank).min() > 0  # no coarse anomaly patch in the bank
     assert model.model.score_std.shape == (2,)  # (distance, nearest), fitted on validation normals
     loaded = Ckaad.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]

@@ -129,20 +129,20 @@ def test_energy_score_fuses_the_standardised_patch_discriminator_and_keeps_it_in
     used = {to_param[n.name] for n in program.graph.nodes if n.op == "placeholder" and n.name in to_param and n.users}
     assert any(name.startswith("patch_discriminator.") for name in used)  # the export carries the (small) patch D
     torch.testing.assert_close(program.module()(x).anomaly_map, out.anomaly_map)
-    with pytest.raises(ValueError, match=r"energy_weight=1\.0 must be a number >= 0 or 'auto'.*patch discriminator"):
+    with pytest.raises(ValueError, match=r"energy_weight=1\.0 needs a patch discriminator"):
         CkaadModel(**RESNET18, input_size=(64, 64), discriminator="image", energy_weight=1.0)
     with pytest.raises(ValueError, match=r"energy_weight='often'"):
         CkaadModel(**RESNET18, input_size=(64, 64), energy_weight="often")
     auto = CkaadModel(**RESNET18, input_size=(64, 64), energy_weight="auto")
     assert auto.fused
-    assert auto.auto_weight
+    assert auto.auto_components == ["energy"]
     assert auto.score_weights.tolist() == [1.0, 1.0]  # until validation chooses
 
 
 def test_without_the_fused_score_no_statistics_are_saved() -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64))
     assert not {"score_mean", "score_std"} & set(model.state_dict())  # checkpoints keep their keys
-    with pytest.raises(ValueError, match="needs the fused score"):
+    with pytest.raises(ValueError, match="needs a fused score"):
         model.component_scores(torch.randn(2, 3, 64, 64))
 
 
@@ -152,10 +152,11 @@ def test_nearest_normal_score_joins_the_fused_score_and_travels_with_the_model(s
     assert model.nearest is not None
     model.eval()
     x = torch.randn(2, 3, 64, 64)
-    with pytest.raises(RuntimeError, match=r"memory bank is empty.*num_sanity_val_steps=0"):
+    with pytest.raises(RuntimeError, match=r"normal training images is empty.*num_sanity_val_steps=0"):
         model(x)  # never a silent score from an untrained bank
     bank = model.nearest.patches(model.extract(torch.randn(3, 3, 64, 64)))
-    assert bank.shape == (3 * 8 * 8, 128 + 256)  # PatchCore's layout: two deepest stages at the shallower's size
+    assert bank.shape == (3, 8 * 8, 128 + 256)  # PatchCore's layout: two deepest stages at the shallower's size
+    bank = bank.reshape(-1, 384)
     model.nearest.set_memory_bank(bank)
     assert model.nearest.memory_bank.shape == (40, 384)  # a random subset of bank_size rows
     kept = torch.randperm(192, generator=torch.Generator().manual_seed(0))[:40]
@@ -168,7 +169,7 @@ def test_nearest_normal_score_joins_the_fused_score_and_travels_with_the_model(s
     d_score, n_score = image_score(distance, top_k=100), image_score(nearest, top_k=100)
     torch.testing.assert_close(out.pred_score, (d_score - 0.3) / 0.1 + 0.5 * (n_score - 2.0) / 4.0)
     # brute force: each position's distance to its nearest bank row, before upsampling and blur
-    queries = model.nearest.patches(features)
+    queries = model.nearest.patches(features).reshape(-1, 384)
     brute = torch.cdist(queries, model.nearest.memory_bank).min(1).values.reshape(2, 1, 8, 8)
     torch.testing.assert_close(model.nearest(features), brute, atol=1e-3, rtol=1e-4)
 
@@ -180,5 +181,27 @@ def test_nearest_normal_score_joins_the_fused_score_and_travels_with_the_model(s
     constants = {**program.state_dict, **program.constants}
     assert any(v.shape == (40, 384) for v in constants.values())
     torch.testing.assert_close(program.module()(x).pred_score, out.pred_score)
-    with pytest.raises(ValueError, match=r"knn_weight=-1 must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"knn_weight=-1 must be a number >= 0\.$"):
         CkaadModel(**RESNET18, input_size=(64, 64), knn_weight=-1)
+    with pytest.raises(ValueError, match=r"coarse_weight='often' must be a number >= 0 or 'auto'"):
+        CkaadModel(**RESNET18, input_size=(64, 64), coarse_weight="often")
+    with pytest.raises(ValueError, match="every score weight is 0"):
+        CkaadModel(**RESNET18, input_size=(64, 64), distance_weight=0)
+
+
+def test_coarse_closeness_scores_patches_near_a_labelled_defect_higher(seeded: None) -> None:
+    model = CkaadModel(**RESNET18, input_size=(64, 64), distance_weight=0, knn_weight=1, coarse_weight="auto")
+    assert model.components == ["nearest", "coarse"]
+    assert model.auto_components == ["coarse"]
+    assert model.coarse is not None
+    assert model.nearest is not None
+    model.eval()
+    normal, defect = torch.randn(4, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    model.nearest.set_memory_bank(model.nearest.patches(model.extract(normal)))
+    with pytest.raises(RuntimeError, match="coarse anomalies of the training batches is empty"):
+        model(defect)
+    model.coarse.set_memory_bank(model.coarse.patches(model.extract(defect)))
+    features = model.extract(torch.cat([normal[:1], defect]))
+    (closeness,) = model.component_maps(features, model.autoencoder(features), (64, 64), ["coarse"])
+    assert closeness[1].max() > closeness[0].max()  # the labelled defect's own patches are closest to the bank
+    assert "coarse.memory_bank" in model.state_dict()

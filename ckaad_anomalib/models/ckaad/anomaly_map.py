@@ -86,21 +86,24 @@ def image_score(anomaly_map: torch.Tensor, mode: ScoreMode | str = ScoreMode.TOP
     return flat.topk(min(top_k, flat.shape[1]), dim=1).values.mean(1)
 
 
-class NearestNormalMap(nn.Module):
-    """PatchCore's patch score on CKAAD's frozen features: each position's distance to its nearest normal embedding.
+class NearestPatchMap(nn.Module):
+    """Each position's distance to its nearest embedding in a memory bank, on CKAAD's frozen features.
 
-    The embedding follows PatchCore: the two deepest stages (its mid-level features), 3×3 average pooled, the
-    deeper resampled to the other's resolution, concatenated along channels; for WRN-50 ``layer1..3`` that is
-    PatchCore's ``layer2 + layer3``. The memory bank holds a random subset of the normal
-    training images' embeddings (random rather than PatchCore's greedy coreset, which took 579 s on ELPV mono on
-    2 CPU cores). The search runs over fixed chunks of the bank, so memory stays bounded and the graph exports.
+    With a bank of normal training embeddings this is PatchCore's patch score; with a bank of the coarse anomalies'
+    most anomalous embeddings it measures how close a patch is to a labelled defect. The embedding follows
+    PatchCore: the two deepest stages (its mid-level features), 3×3 average pooled, the deeper resampled to the
+    other's resolution, concatenated along channels; for WRN-50 ``layer1..3`` that is PatchCore's
+    ``layer2 + layer3``. A bank keeps a random subset (random rather than PatchCore's greedy coreset, which took
+    579 s on ELPV mono on 2 CPU cores). The search runs over fixed chunks of the bank, so memory stays bounded and
+    the graph exports.
 
     Args:
         bank_size: Most embeddings kept in the memory bank.
         chunk_size: Bank rows compared at once.
+        description: What fills the bank, for the error raised while it is empty.
 
     Example:
-        >>> nearest = NearestNormalMap(bank_size=64)
+        >>> nearest = NearestPatchMap(bank_size=64)
         >>> f = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)]
         >>> nearest.set_memory_bank(nearest.patches(f))
         >>> nearest(f).abs().max() < 1e-3  # every query is in the bank
@@ -109,15 +112,17 @@ class NearestNormalMap(nn.Module):
 
     memory_bank: torch.Tensor
 
-    def __init__(self, bank_size: int = 16384, chunk_size: int = 2048) -> None:
+    def __init__(
+        self, bank_size: int = 16384, chunk_size: int = 2048, description: str = "the normal training images"
+    ) -> None:
         super().__init__()
-        self.bank_size, self.chunk_size = bank_size, chunk_size
+        self.bank_size, self.chunk_size, self.description = bank_size, chunk_size, description
         self.pool = nn.AvgPool2d(3, 1, 1)
         self.register_buffer("memory_bank", torch.zeros(0, 0))
 
     @property
     def empty(self) -> bool:
-        """Whether the bank still has to be filled from normal training images."""
+        """Whether the bank still has to be filled."""
         return self.memory_bank.numel() == 0
 
     def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -128,36 +133,40 @@ class NearestNormalMap(nn.Module):
         return torch.cat([pooled[0], *resized], dim=1)
 
     def patches(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One ``(N·h·w, D)`` row per position: what the bank stores and what is searched."""
+        """``(N, h·w, D)``: one row per position, what a bank stores and what is searched."""
         embedding = self.embed(features)
-        return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
+        return embedding.permute(0, 2, 3, 1).reshape(len(embedding), -1, embedding.shape[1])
 
     def set_memory_bank(self, embeddings: torch.Tensor, seed: int = 0) -> None:
-        """Keep a random ``bank_size`` subset of ``(M, D)`` normal embeddings (all if fewer).
+        """Keep a random ``bank_size`` subset of ``(M, D)`` (or ``(N, h·w, D)``) embeddings (all if fewer).
 
         Seeded, so every DDP rank that passes the same embeddings keeps the same subset.
         """
+        embeddings = embeddings.reshape(-1, embeddings.shape[-1])
         if len(embeddings) > self.bank_size:
             generator = torch.Generator().manual_seed(seed)
             keep = torch.randperm(len(embeddings), generator=generator)[: self.bank_size]
             embeddings = embeddings[keep.to(embeddings.device)]
         self.memory_bank = embeddings.detach().clone()
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(N, 1, h, w)`` Euclidean distance of each position to the nearest bank embedding."""
+    def distances(self, rows: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance of each ``(M, D)`` row to its nearest bank row: ``(M,)``."""
         if self.empty:
             msg = (
-                "The nearest-normal memory bank is empty (knn_weight > 0): Ckaad fills it from the normal training "
-                "images in the first training epoch. Train (or load a trained checkpoint) before scoring; with a "
-                "plain Lightning Trainer also pass num_sanity_val_steps=0."
+                f"The memory bank filled from {self.description} is empty: Ckaad fills it in the first training "
+                "epoch. Train (or load a trained checkpoint) before scoring; with a plain Lightning Trainer also "
+                "pass num_sanity_val_steps=0."
             )
             raise RuntimeError(msg)
-        embedding = self.embed(features)
-        n, _, h, w = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(n * h * w, -1)
         chunks = self.memory_bank.split(self.chunk_size)
-        nearest = [PatchcoreModel.euclidean_dist(queries, c).min(dim=1).values for c in chunks]
-        return torch.stack(nearest, dim=1).min(dim=1).values.reshape(n, 1, h, w)
+        nearest = [PatchcoreModel.euclidean_dist(rows, c).min(dim=1).values for c in chunks]
+        return torch.stack(nearest, dim=1).min(dim=1).values
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(N, 1, h, w)`` Euclidean distance of each position to the nearest bank embedding."""
+        embedding = self.embed(features)
+        n, d, h, w = embedding.shape
+        return self.distances(embedding.permute(0, 2, 3, 1).reshape(n * h * w, d)).reshape(n, 1, h, w)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Take the checkpoint's bank whatever its size (a new model's bank is empty)."""

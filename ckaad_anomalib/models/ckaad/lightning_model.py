@@ -40,7 +40,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .export import export_int8_with_own_thresholds, quantize_int8
 from .loss import CkaadLoss, reconstruction_loss, require
-from .torch_model import ENERGY_WEIGHTS, CkaadModel, ScoreComponent, TrainOutput
+from .torch_model import AUTO_WEIGHTS, CkaadModel, TrainOutput
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,15 @@ class Ckaad(AnomalibModule):
             nearest-normal-feature distance (PatchCore's patch score on the same frozen features; memory bank from
             the normal training images of the first epoch), so the coarse labels steer a stronger base score than
             reconstruction alone. Standardised like ``energy_weight``; the export then holds the memory bank.
-        memory_bank_size: Most normal embeddings in that memory bank (a random subset; 16384 × D floats).
+        coarse_weight: ``0`` (paper): off. ``w > 0`` or ``"auto"`` (chosen from ``(0, 0.25, 0.5, 1)`` on
+            validation): the image score also adds ``w`` times the standardised closeness of the image's patches to
+            the coarse anomalies' most anomalous patches (those farthest from the normal bank, ``coarse_fraction``
+            of each). A second, non-parametric use of the labelled defects beside D; it needs coarse anomalies in
+            the training batches, and the export then holds that bank too.
+        coarse_fraction: Part of each coarse anomaly's positions kept in the coarse bank.
+        distance_weight: Weight of the reconstruction-distance score (``1``, paper; ``0``: the distance stays the
+            anomaly map but leaves the image score to the other components).
+        memory_bank_size: Most embeddings in each memory bank (a random subset; 16384 × D floats).
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -136,6 +144,9 @@ class Ckaad(AnomalibModule):
         push_margin: float = 1.0,
         energy_weight: float | Literal["auto"] = 0.0,
         knn_weight: float = 0.0,
+        coarse_weight: float | Literal["auto"] = 0.0,
+        coarse_fraction: float = 0.1,
+        distance_weight: float = 1.0,
         memory_bank_size: int = 16384,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
@@ -185,11 +196,16 @@ class Ckaad(AnomalibModule):
             energy_weight=energy_weight,
             knn_weight=knn_weight,
             memory_bank_size=memory_bank_size,
+            distance_weight=distance_weight,
+            coarse_weight=coarse_weight,
+            coarse_fraction=coarse_fraction,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
         self._fused_score_epoch = -1  # the epoch whose validation fitted the fused score
-        self._bank_parts: list[torch.Tensor] = []  # normal embeddings seen while the memory bank is empty
+        # embeddings seen in training while the banks are empty: normal ones, and per coarse anomaly
+        self._bank_parts: list[torch.Tensor] = []
+        self._coarse_parts: list[torch.Tensor] = []
 
     @staticmethod
     def _validate(
@@ -280,6 +296,8 @@ class Ckaad(AnomalibModule):
         rec_loss = reconstruction_loss(normal_features, normal_recons)
         if self.model.nearest is not None and self.model.nearest.empty:  # the features are computed anyway
             self._bank_parts.append(self.model.nearest.patches([f.detach() for f in normal_features]))
+        if self.model.coarse is not None and self.model.coarse.empty and anomalous.any():
+            self._coarse_parts.append(self.model.coarse.patches([f[anomalous].detach() for f in features]))
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -321,8 +339,10 @@ class Ckaad(AnomalibModule):
         The normal images give the standardisation; with ``energy_weight="auto"`` the labelled ones also choose
         ``w``. anomalib fits its threshold and normalisation on the same split right after; test is never used.
         """
-        self._build_memory_bank()
-        if self.model.fused and self._fit_fused_score(self.trainer.val_dataloaders, choose=self.model.auto_weight):
+        self._build_memory_banks()
+        if self.model.fused and self._fit_fused_score(
+            self.trainer.val_dataloaders, choose=bool(self.model.auto_components)
+        ):
             self._fused_score_epoch = self.current_epoch
 
     def on_train_epoch_end(self) -> None:
@@ -330,7 +350,7 @@ class Ckaad(AnomalibModule):
 
         D has been trained on those, so their energies are lower and tighter than held-out ones; say so.
         """
-        self._build_memory_bank()
+        self._build_memory_banks()
         if not self.model.fused or self._fused_score_epoch == self.current_epoch:
             return
         if self._fit_fused_score(self.trainer.train_dataloader, choose=False):
@@ -343,29 +363,53 @@ class Ckaad(AnomalibModule):
                 self.model.score_weights.tolist(),
             )
 
-    def _build_memory_bank(self) -> None:
-        """Fill the nearest-normal memory bank from the normal embeddings collected in training (once).
+    @torch.no_grad()
+    def _build_memory_banks(self) -> None:
+        """Fill the memory banks from the embeddings collected in training (once; every DDP rank the same).
 
-        Under DDP every rank contributes the same number of its embeddings, and all ranks keep the same subset.
+        The normal bank: a random subset of the normal embeddings. The coarse bank: of each coarse anomaly, the
+        ``coarse_fraction`` of its positions farthest from the normal bank (its most anomalous region).
         """
-        if not self._bank_parts:
-            return
-        local = torch.cat(self._bank_parts)
+        if self._bank_parts and self.model.nearest is not None:
+            self.model.nearest.set_memory_bank(self._gather_rows(torch.cat(self._bank_parts)))
         self._bank_parts = []
-        if self.trainer.world_size > 1:
-            count = cast("torch.Tensor", self.all_gather(torch.tensor(len(local), device=self.device))).min()
-            local = local[torch.randperm(len(local), device=self.device)[: int(count)]]
-            local = cast("torch.Tensor", self.all_gather(local)).flatten(0, 1)
-        assert self.model.nearest is not None  # noqa: S101 - parts are only collected for it
-        self.model.nearest.set_memory_bank(local)
+        if self.model.coarse is None or not self.model.coarse.empty or self.model.nearest is None:
+            return
+        if self.model.nearest.empty:  # before any training step (e.g. a sanity check): nothing to select with
+            return
+        if not self._coarse_parts:
+            msg = (
+                "Ckaad(coarse_weight=...) saw no labelled anomaly in its first training epoch: train on a datamodule "
+                "whose batches carry coarse anomalies (ckaad_anomalib.data.CoarseAnomalyDataModule), or set "
+                "coarse_weight=0."
+            )
+            raise ValueError(msg)
+        anomalies = self._gather_rows(torch.cat(self._coarse_parts))  # (N, h·w, D), repeats of an image included
+        self._coarse_parts = []
+        n, positions, dims = anomalies.shape
+        farthest = self.model.nearest.distances(anomalies.reshape(-1, dims)).reshape(n, positions)
+        keep = farthest.topk(max(1, round(self.model.coarse_fraction * positions)), dim=1).indices
+        self.model.coarse.set_memory_bank(
+            torch.unique(torch.gather(anomalies, 1, keep[..., None].expand(-1, -1, dims)).reshape(-1, dims), dim=0)
+        )
+
+    def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows (along dim 0), in rank order; on one process, ``local`` itself."""
+        if self.trainer.world_size == 1:
+            return local
+        counts = cast("torch.Tensor", self.all_gather(torch.tensor(len(local), device=self.device)))
+        padded = local.new_zeros(int(counts.max()), *local.shape[1:])
+        padded[: len(local)] = local
+        gathered = cast("torch.Tensor", self.all_gather(padded))
+        return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
     @torch.no_grad()
     def _fit_fused_score(self, loaders: Any, choose: bool) -> bool:  # noqa: ANN401 - DataLoader(s) or None
-        """Fit the fused score's normal statistics (and, if ``choose``, the energy weight) on ``loaders``' images.
+        """Fit the fused score's normal statistics (and, if ``choose``, the ``"auto"`` weights) on ``loaders``' images.
 
-        Mean and std come from every rank's normal images. The energy weight is the candidate of
-        :data:`ENERGY_WEIGHTS` with the best image AUROC (the smallest on ties), the other weights fixed; under DDP
-        rank 0 picks it from its shard and broadcasts it.
+        Mean and std come from every rank's normal images. The ``"auto"`` weights are the combination of their
+        :data:`AUTO_WEIGHTS` candidates with the best image AUROC (the first, i.e. smallest, on ties), the other
+        weights fixed; under DDP rank 0 picks it from its shard and broadcasts it.
 
         Returns:
             Whether there were at least two normal images (otherwise nothing is changed).
@@ -400,9 +444,10 @@ class Ckaad(AnomalibModule):
         if choose:  # fuse() below standardises with the statistics just set
             weights = self.model.score_weights.clone()
             if anomalous.any() and (~anomalous).any():
-                energy = self.model.components.index(ScoreComponent.ENERGY)
-                candidates = weights.repeat(len(ENERGY_WEIGHTS), 1)
-                candidates[:, energy] = torch.tensor(ENERGY_WEIGHTS)
+                auto = self.model.auto_components
+                grid = torch.cartesian_prod(*[torch.tensor(AUTO_WEIGHTS[c]) for c in auto]).reshape(-1, len(auto))
+                candidates = weights.repeat(len(grid), 1)
+                candidates[:, [self.model.components.index(c) for c in auto]] = grid.to(weights)
                 target = anomalous.int()
                 aurocs = torch.stack([binary_auroc(self.model.fuse(all_scores.float(), w), target) for w in candidates])
                 weights = candidates[int(aurocs.argmax())]  # argmax: the first (smallest) best
@@ -455,7 +500,7 @@ class Ckaad(AnomalibModule):
         training epoch.
         """
         arguments: dict[str, Any] = {} if self.max_epochs is None else {"max_epochs": self.max_epochs}
-        if self.model.nearest is not None:
+        if self.model.nearest is not None:  # the coarse bank needs it too
             arguments["num_sanity_val_steps"] = 0
         return arguments
 

@@ -18,15 +18,11 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator, NearestNormalMap, ScoreMode, image_score
+from .anomaly_map import AnomalyMapGenerator, NearestPatchMap, ScoreMode, image_score
 from .autoencoder import FeatureAutoEncoder
 from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
 
 logger = logging.getLogger(__name__)
-
-
-# Candidates of energy_weight="auto": no energy, half, equal and double weight of the standardised energy score.
-ENERGY_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
 
 class ScoreComponent(StrEnum):
@@ -35,6 +31,14 @@ class ScoreComponent(StrEnum):
     DISTANCE = "distance"  # reconstruction distance: the paper's score, and the anomaly map
     ENERGY = "energy"  # the patch discriminator's energy of the input features
     NEAREST = "nearest"  # distance to the nearest normal training embedding (PatchCore's patch score)
+    COARSE = "coarse"  # closeness to the coarse anomalies' most anomalous embeddings
+
+
+# Candidates of a weight set to "auto", chosen on labelled validation images by the Lightning module.
+AUTO_WEIGHTS: dict[ScoreComponent, tuple[float, ...]] = {
+    ScoreComponent.ENERGY: (0.0, 0.5, 1.0, 2.0),
+    ScoreComponent.COARSE: (0.0, 0.25, 0.5, 1.0),
+}
 
 
 class DiscriminatorType(StrEnum):
@@ -120,19 +124,26 @@ class CkaadModel(nn.Module):
         sigma: Gaussian blur σ of the anomaly map.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` or ``"mean"``.
+        distance_weight: Weight of the reconstruction-distance score (``1``, paper). ``0`` leaves it out of the image
+            score (it stays the anomaly map), for a score of the other components alone.
         energy_weight: ``0`` (paper): the energy is not scored. ``w > 0``: the image score adds ``w · z_e``, where
-            ``z_e`` is the top-k score of the patch discriminator's energy map of the *input* features. ``"auto"``:
-            ``w`` is chosen from :data:`ENERGY_WEIGHTS` on labelled validation images (by the Lightning module).
+            ``z_e`` is the top-k score of the patch discriminator's energy map of the *input* features.
         knn_weight: ``0`` (paper): no nearest-normal score. ``w > 0``: the image score adds ``w · z_n``, the top-k
-            score of the nearest-normal-feature distance map (:class:`NearestNormalMap`, filled from the normal
-            training images by the Lightning module).
-        memory_bank_size: Most normal embeddings the nearest-normal score keeps.
+            score of the nearest-normal-feature distance map (:class:`NearestPatchMap` over the normal training
+            images, filled by the Lightning module).
+        coarse_weight: ``0`` (paper): off. ``w > 0``: the image score adds ``w · z_c``, the top-k of the closeness
+            (negative distance) of each patch to a bank of the coarse anomalies' most anomalous patches: those
+            farthest from the normal bank, ``coarse_fraction`` of each anomaly's positions (multiple-instance: an
+            image-level label says some region is defective, not which).
+        coarse_fraction: Part of each coarse anomaly's positions that enter the coarse bank.
+        memory_bank_size: Most embeddings each bank keeps.
 
-    With any of these weights set, the image score is ``z_d + w_e · z_e + w_n · z_n``: each component standardised by
-    the mean and std of held-out *normal* images' scores (:meth:`set_score_statistics`), so each is in units of its
-    own normal spread whatever the backbone, the margin or the feature scale. The anomaly map stays the distance map:
-    fused at pixel level, the energy blurred the localisation. Statistics and weights are buffers, exported with the
-    model, and the graph then keeps the patch discriminator and/or the memory bank.
+    ``energy_weight`` and ``coarse_weight`` also take ``"auto"``: chosen from :data:`AUTO_WEIGHTS` on labelled
+    validation images. With any weight but the paper's set, the image score is ``Σ_c w_c · z_c``, each component
+    standardised by the mean and std of held-out *normal* images' scores (:meth:`set_score_statistics`), so each is
+    in units of its own normal spread whatever the backbone, the margin or the feature scale. The anomaly map stays
+    the distance map: fused at pixel level, the energy blurred the localisation. Statistics, weights and banks are
+    buffers, exported with the model, and the graph then keeps the patch discriminator and/or the banks.
 
     Example:
         >>> model = CkaadModel("resnet18", ["layer2", "layer3"], (64, 64), pre_trained=False)
@@ -159,6 +170,9 @@ class CkaadModel(nn.Module):
         energy_weight: float | str = 0.0,
         knn_weight: float = 0.0,
         memory_bank_size: int = 16384,
+        distance_weight: float = 1.0,
+        coarse_weight: float | str = 0.0,
+        coarse_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -190,21 +204,45 @@ class CkaadModel(nn.Module):
             else None
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
-        self.auto_weight = energy_weight == "auto"
-        weight = 1.0 if self.auto_weight else energy_weight
-        if not isinstance(weight, int | float) or weight < 0 or (weight > 0 and self.patch_discriminator is None):
+        requested = {
+            ScoreComponent.DISTANCE: distance_weight,
+            ScoreComponent.ENERGY: energy_weight,
+            ScoreComponent.NEAREST: knn_weight,
+            ScoreComponent.COARSE: coarse_weight,
+        }
+        for component, weight in requested.items():
+            allowed = component in AUTO_WEIGHTS and weight == "auto"
+            if not allowed and (not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0):
+                also = " or 'auto'" if component in AUTO_WEIGHTS else ""
+                msg = f"{component}_weight={weight!r} must be a number >= 0{also}."
+                raise ValueError(msg.replace("nearest_weight", "knn_weight"))
+        self.auto_components = [c for c, w in requested.items() if w == "auto"]
+        weights = {c: 1.0 if w == "auto" else float(w) for c, w in requested.items()}  # auto: 1 until chosen
+        if weights[ScoreComponent.ENERGY] > 0 and self.patch_discriminator is None:
             msg = (
-                f"energy_weight={energy_weight!r} must be a number >= 0 or 'auto', and a fused score needs a patch "
-                "discriminator (discriminator 'patch' or 'both', adv_weight > 0)."
+                f"energy_weight={energy_weight!r} needs a patch discriminator (discriminator 'patch' or 'both', "
+                "adv_weight > 0)."
             )
             raise ValueError(msg)
-        if not isinstance(knn_weight, int | float) or knn_weight < 0 or memory_bank_size < 1:
-            msg = f"knn_weight={knn_weight!r} must be a number >= 0 and memory_bank_size={memory_bank_size!r} >= 1."
+        if memory_bank_size < 1 or not 0 < coarse_fraction <= 1:
+            msg = (
+                f"memory_bank_size={memory_bank_size!r} must be >= 1 and coarse_fraction={coarse_fraction!r} in (0, 1]."
+            )
             raise ValueError(msg)
-        self.nearest = NearestNormalMap(bank_size=memory_bank_size) if knn_weight > 0 else None
-        weights = dict(zip(ScoreComponent, (1.0, float(weight), float(knn_weight)), strict=True))
         self.components = [c for c, w in weights.items() if w > 0]
-        self.fused = len(self.components) > 1  # the image score is a standardised, weighted sum
+        if not self.components:
+            msg = "every score weight is 0: keep distance_weight > 0 or give another component a weight."
+            raise ValueError(msg)
+        coarse = weights[ScoreComponent.COARSE] > 0
+        # the coarse bank is selected by distance to the normal bank, so it needs one
+        self.nearest = NearestPatchMap(memory_bank_size) if weights[ScoreComponent.NEAREST] > 0 or coarse else None
+        self.coarse = (
+            NearestPatchMap(memory_bank_size, description="the coarse anomalies of the training batches")
+            if coarse
+            else None
+        )
+        self.coarse_fraction = coarse_fraction
+        self.fused = self.components != [ScoreComponent.DISTANCE]  # anything but the paper's score
         # per-component score statistics of held-out normal images and the weights; saved only when the score uses
         # them, so checkpoints of models without it keep their keys
         self.register_buffer("score_mean", torch.zeros(len(self.components)), persistent=self.fused)
@@ -252,16 +290,23 @@ class CkaadModel(nn.Module):
         reconstructions: Sequence[torch.Tensor],
         image_size: tuple[int, int] | torch.Size,
         components: Sequence[ScoreComponent | str] | None = None,
+        distance: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """``(N, 1, H, W)`` maps of ``components`` (default: the score's), the distance map first in the default."""
+        """``(N, 1, H, W)`` maps of ``components`` (default: the score's); ``distance``: its map if computed."""
         maps = []
         for component in components or self.components:
             if component == ScoreComponent.DISTANCE:
-                maps.append(self.anomaly_map_generator(features, reconstructions, image_size))
+                maps.append(
+                    distance
+                    if distance is not None
+                    else self.anomaly_map_generator(features, reconstructions, image_size)
+                )
             elif component == ScoreComponent.ENERGY and self.patch_discriminator is not None:
                 maps.append(self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size))
             elif component == ScoreComponent.NEAREST and self.nearest is not None:
                 maps.append(self.anomaly_map_generator.combine([self.nearest(features)], image_size))
+            elif component == ScoreComponent.COARSE and self.coarse is not None:
+                maps.append(self.anomaly_map_generator.combine([-self.coarse(features)], image_size))
             else:
                 msg = f"score component {component!r} is not available in this model (components: {self.components})."
                 raise ValueError(msg)
@@ -273,7 +318,7 @@ class CkaadModel(nn.Module):
     ) -> torch.Tensor:
         """``(N, C)`` image scores of each of ``components`` alone (default: the fused score's; needs one)."""
         if components is None and not self.fused:
-            msg = "component_scores needs the fused score (energy_weight or knn_weight > 0) or named components."
+            msg = "component_scores needs a fused score (a weight other than the paper's) or named components."
             raise ValueError(msg)
         features = self.extract(images)
         maps = self.component_maps(features, self.autoencoder(features), images.shape[-2:], components)
@@ -296,10 +341,14 @@ class CkaadModel(nn.Module):
         image_size: tuple[int, int] | torch.Size,
     ) -> InferenceBatch:
         """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
-        maps = self.component_maps(features, reconstructions, image_size)
-        scores = [image_score(m, self.score_mode, self.top_k) for m in maps]
-        score = self.fuse(torch.stack(scores, dim=1)) if self.fused else scores[0]
-        return InferenceBatch(pred_score=score, anomaly_map=maps[0])
+        anomaly_map = self.anomaly_map_generator(features, reconstructions, image_size)
+        if not self.fused:
+            return InferenceBatch(
+                pred_score=image_score(anomaly_map, self.score_mode, self.top_k), anomaly_map=anomaly_map
+            )
+        maps = self.component_maps(features, reconstructions, image_size, distance=anomaly_map)
+        scores = torch.stack([image_score(m, self.score_mode, self.top_k) for m in maps], dim=1)
+        return InferenceBatch(pred_score=self.fuse(scores), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
         """Training: features and reconstructions. Inference: anomaly map and image score.
