@@ -255,31 +255,48 @@ def test_fused_score_is_fitted_on_validation(
     assert model.model.score_weights.tolist() == [1.0, 1.0]
 
 
-def test_nearest_normal_bank_holds_the_normal_training_images_and_survives_the_checkpoint(
+def test_memory_banks_hold_the_normal_images_and_the_coarse_anomalies_farthest_patches(
     mvtec_root: Path, lite0_weights: Path, tmp_path: Path
 ) -> None:
-    """The Recon twin of the knn setting (no D): bank from every normal training image, never a coarse anomaly."""
+    """Normal bank: every normal training image, never a coarse anomaly. Coarse bank: each coarse anomaly's
+    ``coarse_fraction`` of positions farthest from the normal bank. Both survive the checkpoint."""
     del lite0_weights
     torch.manual_seed(0)
-    model = small_ckaad(adv_weight=0.0, knn_weight=1.0)
-    assert model.trainer_arguments["num_sanity_val_steps"] == 0  # the bank is empty before the first epoch
+    model = small_ckaad(adv_weight=0.0, knn_weight=1.0, coarse_weight="auto", coarse_fraction=0.25)
+    assert model.trainer_arguments["num_sanity_val_steps"] == 0  # the banks are empty before the first epoch
     dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0)
     engine = Engine(default_root_dir=tmp_path, max_epochs=2, accelerator="cpu", logger=False)
     engine.fit(model, datamodule=dm)
-    nearest = model.model.nearest
+    nearest, coarse_bank = model.model.nearest, model.model.coarse
     assert nearest is not None
+    assert coarse_bank is not None
     transform = model.pre_processor.transform  # type: ignore[union-attr]
-    normal_loader = DataLoader(dm.train_data, batch_size=8, collate_fn=dm.train_data.collate_fn)
-    normals = torch.cat([nearest.patches(model.model.extract(transform(b.image))) for b in normal_loader]).flatten(0, 1)
-    # the bank is exactly the normal training images' embeddings (fewer than bank_size), each once
+
+    def patches(loader: DataLoader) -> torch.Tensor:
+        return torch.cat([nearest.patches(model.model.extract(transform(b.image))) for b in loader])
+
+    normals = patches(DataLoader(dm.train_data, batch_size=8, collate_fn=dm.train_data.collate_fn)).flatten(0, 1)
+    # the normal bank is exactly the normal training images' embeddings (fewer than bank_size), each once
     assert sorted(map(tuple, nearest.memory_bank.tolist())) == sorted(map(tuple, normals.tolist()))
-    coarse = torch.cat(
-        [nearest.patches(model.model.extract(transform(b.image[b.gt_label.bool()]))) for b in dm.train_dataloader()]
-    ).flatten(0, 1)
-    assert torch.cdist(coarse, nearest.memory_bank).min() > 0  # no coarse anomaly patch in the bank
-    assert model.model.score_std.shape == (2,)  # (distance, nearest), fitted on validation normals
+    anomalies = patches(DataLoader(dm.coarse_data, batch_size=8, collate_fn=dm.coarse_data.collate_fn))
+    assert torch.cdist(anomalies.flatten(0, 1), nearest.memory_bank).min() > 0  # no coarse anomaly patch in it
+    n, positions = anomalies.shape[:2]
+    farthest = nearest.distances(anomalies.flatten(0, 1)).reshape(n, positions).topk(positions // 4, dim=1).indices
+    expected = torch.cat([anomalies[i, farthest[i]] for i in range(n)])
+    torch.testing.assert_close(
+        torch.unique(coarse_bank.memory_bank, dim=0), torch.unique(expected, dim=0), atol=1e-5, rtol=1e-5
+    )
+    assert model.model.components == ["distance", "nearest", "coarse"]
+    assert model.model.score_std.shape == (3,)  # fitted on validation normals
+    assert float(model.model.score_weights[2]) in {0.0, 0.25, 0.5, 1.0}  # chosen on validation
     loaded = Ckaad.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
     batch = next(iter(dm.test_dataloader()))
     torch.testing.assert_close(
         loaded.model.eval()(transform(batch.image)).pred_score, model.model.eval()(transform(batch.image)).pred_score
     )
+
+    plain = small_ckaad(adv_weight=0.0, knn_weight=1.0, coarse_weight=0.5)  # no coarse anomalies: a clear error
+    with pytest.raises(ValueError, match=r"saw no labelled anomaly.*CoarseAnomalyDataModule"):
+        Engine(default_root_dir=tmp_path / "plain", max_epochs=1, accelerator="cpu", logger=False).fit(
+            plain, datamodule=_mvtec(mvtec_root)
+        )
