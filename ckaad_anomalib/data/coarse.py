@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import pandas as pd
 import torch
@@ -246,7 +246,8 @@ class CoarseAnomalyDataModule(PresplitDataModule):
     """Wraps an anomalib image datamodule and adds coarsely labelled anomalies to its training batches.
 
     Args:
-        datamodule: The wrapped datamodule (its batch sizes, workers and augmentations are used).
+        datamodule: The wrapped datamodule (its batch sizes, workers and augmentations are used), or its
+            ``{class_path, init_args}`` config, as an anomalib benchmark grid passes it.
         source: ``"dataset"``, ``"folder"`` or ``"synthetic"`` (see the module docstring).
         ratio: r_l for ``source="dataset"``: fraction of anomalies among the training images.
         num_classes: k for ``source="dataset"``: how many defect classes the anomalies come from.
@@ -257,6 +258,9 @@ class CoarseAnomalyDataModule(PresplitDataModule):
         val_split_ratio: Part of the test set used for validation when the wrapped datamodule has no validation
             split of its own.
         seed: Seed of every random choice here.
+        normal_only: Train on the normal images only, on the same split (the coarse anomalies are still drawn and
+            kept out of validation and test). For unsupervised peers in a side-by-side benchmark: every model then
+            sees the same validation and test files.
 
     Example:
         >>> from anomalib.data import MVTecAD  # doctest: +SKIP
@@ -265,7 +269,7 @@ class CoarseAnomalyDataModule(PresplitDataModule):
 
     def __init__(
         self,
-        datamodule: AnomalibDataModule,
+        datamodule: AnomalibDataModule | dict[str, Any],
         source: Literal["dataset", "folder", "synthetic"] = "dataset",
         ratio: float = 0.05,
         num_classes: int = 1,
@@ -275,7 +279,15 @@ class CoarseAnomalyDataModule(PresplitDataModule):
         anomaly_batch_size: int | None = None,
         val_split_ratio: float = 0.5,
         seed: int = 0,
+        normal_only: bool = False,
     ) -> None:
+        if isinstance(datamodule, dict):  # anomalib's benchmark grids pass nested configs as plain dicts
+            from anomalib.data import get_datamodule
+
+            if "class_path" not in datamodule:
+                msg = f"datamodule {datamodule!r}: give a datamodule or a dict with class_path (and init_args)."
+                raise ValueError(msg)
+            datamodule = get_datamodule(datamodule)
         super().__init__(
             train_batch_size=datamodule.train_batch_size,
             eval_batch_size=datamodule.eval_batch_size,
@@ -302,6 +314,7 @@ class CoarseAnomalyDataModule(PresplitDataModule):
         self.synthetic: list[SyntheticKind] = list(synthetic) if synthetic else ["elastic"]
         self.anomaly_batch_size = anomaly_batch_size
         self.val_split_ratio = val_split_ratio
+        self.normal_only = normal_only
         self.coarse_data: AnomalibDataset | SyntheticAnomalyDataset | None = None
         self.coarse_samples = pd.DataFrame(columns=["image_path", "label"])
 
@@ -499,7 +512,7 @@ class CoarseAnomalyDataModule(PresplitDataModule):
     def train_dataloader(self) -> DataLoader:
         """Normal images plus cycled coarse anomalies in every batch (sharded per rank under DDP)."""
         self._check_distributed()
-        coarse = self.coarse_data
+        coarse = None if self.normal_only else self.coarse_data
         n_anom = len(coarse) if coarse is not None else 0
         datasets = [self.train_data, coarse] if coarse is not None and n_anom else [self.train_data]
         sampler = NormalAnomalyBatchSampler(

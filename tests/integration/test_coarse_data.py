@@ -79,6 +79,20 @@ def test_training_batches_carry_labelled_anomalies_without_masks(mvtec_root: Pat
     assert val.gt_mask is not None  # evaluation keeps its masks
 
 
+def test_normal_only_keeps_the_split_and_drops_the_anomalies_from_training(mvtec_root: Path) -> None:
+    """The unsupervised peers' view of a benchmark: the same files, normal training batches; from a grid's dict."""
+    coarse = _setup(CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0))
+    config = {"class_path": "MVTecAD", "init_args": {"root": str(mvtec_root), "category": "brick", "num_workers": 0}}
+    plain = _setup(CoarseAnomalyDataModule(config, ratio=0.2, seed=0, normal_only=True))
+    for split in ("train_data", "val_data", "test_data"):
+        assert getattr(plain, split).samples.image_path.tolist() == getattr(coarse, split).samples.image_path.tolist()
+    batches = list(plain.train_dataloader())
+    assert sum(len(b.gt_label) for b in batches) == len(plain.train_data)  # every normal image once
+    assert not any(b.gt_label.any() for b in batches)
+    with pytest.raises(ValueError, match="a dict with class_path"):
+        CoarseAnomalyDataModule({"root": "x"})
+
+
 def test_folder_source_with_copies_in_test_and_stray_files(
     mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
