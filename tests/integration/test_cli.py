@@ -124,6 +124,7 @@ def test_fit_from_yaml_with_class_path(mvtec_root: Path, lite0_weights: Path, tm
     assert list(tmp_path.glob("results/Ckaad/**/model.ckpt"))
 
 
+@pytest.mark.long  # ckaad-benchmark runs the same jobs (anomalib's generator and job) in the default suite
 def test_benchmark_grid_with_recon_twin(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
     del lite0_weights
     config = tmp_path / "benchmark.yaml"
@@ -144,24 +145,29 @@ def test_benchmark_grid_with_recon_twin(mvtec_root: Path, lite0_weights: Path, t
 def test_ckaad_benchmark_fails_loudly_and_keeps_every_job_in_the_table(
     mvtec_root: Path, lite0_weights: Path, tmp_path: Path
 ) -> None:
-    """anomalib's own benchmark logs a failed job and exits 0; ckaad-benchmark writes an error row and exits 1."""
+    """anomalib's own benchmark logs a failed job and exits 0; ckaad-benchmark writes an error row and exits 1.
+
+    The grid is Ckaad and its Recon twin on a good and a missing category: two trained rows, two error rows.
+    """
     del lite0_weights
     config = tmp_path / "grid.yaml"
     config.write_text(
         "accelerator: [cpu]\nbenchmark:\n  seed: 0\n  model:\n    class_path: Ckaad\n    init_args:\n"
         "      backbone: tf_efficientnet_lite0\n      layers: [blocks.1, blocks.2, blocks.4]\n      max_epochs: 1\n"
-        "      image_size: [64, 64]\n      adv_weight: 0.0\n"
+        "      image_size: [64, 64]\n      adv_weight: {grid: [0.0, 0.02]}\n"
         f"  data:\n    class_path: MVTecAD\n    init_args:\n      root: {mvtec_root}\n      num_workers: 0\n"
         "      category: {grid: [brick, no_such_category]}\n"
     )
     bench = run_cli(["ckaad-benchmark", "--config", str(config)], tmp_path)
     assert bench.returncode == 1, bench.stderr[-3000:]
-    assert "1 benchmark job(s) failed: model=Ckaad, data=MVTecAD, category=no_such_category, seed=0" in bench.stderr
+    assert "2 benchmark job(s) failed: model=Ckaad, data=MVTecAD, category=no_such_category, seed=0" in bench.stderr
     table = pd.read_csv(next(tmp_path.glob("runs/benchmark/*/results.csv")))
-    assert table.status.tolist() == ["ok", "error"]
-    assert table.loc[0, "image_AUROC"] >= 0
-    assert "no_such_category" in table.loc[1, "data.init_args.category"]
-    assert table.loc[1, "error"]  # the exception, by type and message
+    ok, errors = table[table.status == "ok"], table[table.status == "error"]
+    assert sorted(ok["model.init_args.adv_weight"]) == [0.0, 0.02]  # Ckaad and its Recon twin
+    assert (ok.image_AUROC >= 0).all()
+    assert (errors["data.init_args.category"] == "no_such_category").all()
+    assert len(errors) == 2
+    assert errors.error.str.len().gt(0).all()  # the exception, by type and message
 
 
 def test_cli_without_weights_prints_the_offline_help_first(tmp_path: Path) -> None:
