@@ -384,10 +384,13 @@ class Ckaad(AnomalibModule):
                 "coarse_weight=0."
             )
             raise ValueError(msg)
-        anomalies = self._gather_rows(torch.cat(self._coarse_parts))  # (N, h·w, D), repeats of an image included
+        # (N, h·w, D); batches cycle the coarse anomalies, so drop the repeats of an image first
+        anomalies = torch.unique(self._gather_rows(torch.cat(self._coarse_parts)), dim=0)
         self._coarse_parts = []
         n, positions, dims = anomalies.shape
-        farthest = self.model.nearest.distances(anomalies.reshape(-1, dims)).reshape(n, positions)
+        # a few images at a time: the search holds (rows × chunk_size) distances
+        farthest = torch.cat([self.model.nearest.distances(a.reshape(-1, dims)) for a in anomalies.split(8)])
+        farthest = farthest.reshape(n, positions)
         keep = farthest.topk(max(1, round(self.model.coarse_fraction * positions)), dim=1).indices
         self.model.coarse.set_memory_bank(
             torch.unique(torch.gather(anomalies, 1, keep[..., None].expand(-1, -1, dims)).reshape(-1, dims), dim=0)
