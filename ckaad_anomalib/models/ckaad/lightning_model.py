@@ -483,10 +483,9 @@ class Ckaad(AnomalibModule):
         """Export to OpenVINO (anomalib's); INT8 gets its own threshold (:func:`.export_int8_with_own_thresholds`)."""
         arguments = inspect.signature(AnomalibModule.to_openvino).bind(self, export_root, *args, **kwargs).arguments
         arguments.pop("self")
-        if arguments.get("compression_type") not in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}:
+        quantised = arguments.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
+        if not quantised or not isinstance(self.post_processor, PostProcessor):  # a custom one: nothing to refit
             return super().to_openvino(**arguments)
-        if not isinstance(self.post_processor, PostProcessor):
-            return super().to_openvino(**arguments)  # a custom post-processor: nothing of anomalib's to refit
         root, datamodule = arguments.pop("export_root"), arguments.pop("datamodule", None)
         return export_int8_with_own_thresholds(self.post_processor, super().to_openvino, root, datamodule, **arguments)
 

@@ -204,18 +204,19 @@ class CkaadModel(nn.Module):
             else None
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
-        requested = {
-            ScoreComponent.DISTANCE: distance_weight,
-            ScoreComponent.ENERGY: energy_weight,
-            ScoreComponent.NEAREST: knn_weight,
-            ScoreComponent.COARSE: coarse_weight,
+        arguments = {  # argument name: (component, weight)
+            "distance_weight": (ScoreComponent.DISTANCE, distance_weight),
+            "energy_weight": (ScoreComponent.ENERGY, energy_weight),
+            "knn_weight": (ScoreComponent.NEAREST, knn_weight),
+            "coarse_weight": (ScoreComponent.COARSE, coarse_weight),
         }
-        for component, weight in requested.items():
+        for name, (component, weight) in arguments.items():
             allowed = component in AUTO_WEIGHTS and weight == "auto"
             if not allowed and (not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0):
                 also = " or 'auto'" if component in AUTO_WEIGHTS else ""
-                msg = f"{component}_weight={weight!r} must be a number >= 0{also}."
-                raise ValueError(msg.replace("nearest_weight", "knn_weight"))
+                msg = f"{name}={weight!r} must be a number >= 0{also}."
+                raise ValueError(msg)
+        requested = dict(arguments.values())
         self.auto_components = [c for c, w in requested.items() if w == "auto"]
         weights = {c: 1.0 if w == "auto" else float(w) for c, w in requested.items()}  # auto: 1 until chosen
         if weights[ScoreComponent.ENERGY] > 0 and self.patch_discriminator is None:
