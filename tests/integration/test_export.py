@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from ckaad_anomalib import Ckaad
 from ckaad_anomalib.deploy import EdgeDetector
-from ckaad_anomalib.deploy.openvino_infer import load_image
+from ckaad_anomalib.deploy.openvino_infer import PRECISE_MARK_READ, load_image
 from tests.integration.conftest import export_datamodule as _datamodule
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]  # shares the 90 s trained-and-exported fixture
@@ -73,6 +73,35 @@ def test_onnx_and_openvino_match_eager(exported: tuple[Ckaad, dict[str, Path]], 
         assert np.abs(out["anomaly_map"] - eager_map).max() <= 1e-3
         assert np.array_equal(out["pred_label"].astype(bool), eager.pred_label.numpy().astype(bool))
         assert round(roc_auc_score(truth, out["pred_score"]), 3) == round(roc_auc_score(truth, eager_score), 3)
+
+
+def test_anomalib_openvino_inferencer_matches_eager_with_its_defaults(
+    exported: tuple[Ckaad, dict[str, Path]], mvtec_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """anomalib's own deployment path, no precision passed: f32 results also where the CPU defaults to bf16."""
+    from anomalib.deploy import OpenVINOInferencer
+
+    monkeypatch.chdir(tmp_path)  # the inferencer writes ./openvino_cache
+    model, paths = exported
+    files, _ = _images(mvtec_root)
+    batch = np.stack([load_image(p) for p in files])
+    with torch.no_grad():
+        eager = model(torch.from_numpy(batch))
+    eager_map, eager_score = eager.anomaly_map.numpy(), eager.pred_score.numpy()
+
+    assert all(PRECISE_MARK_READ in op.get_rt_info() for op in ov.Core().read_model(paths["openvino"]).get_ops())
+    inferencer = OpenVINOInferencer(path=paths["openvino"])  # device AUTO, no config: what a user writes
+    results = [inferencer.predict(image[None]) for image in batch]
+    ov_map = np.stack([np.asarray(r.anomaly_map).reshape(eager_map.shape[1:]) for r in results])
+    ov_score = np.array([np.asarray(r.pred_score).item() for r in results])
+    assert np.abs(ov_map - eager_map).max() <= 1e-3
+    assert np.abs(ov_score - eager_score).max() <= 1e-3
+
+    # The opt-in bf16 of ckaad-infer drops the marks; on a CPU with bf16 that visibly moves the map, so the
+    # parity above is the marks' doing (on a CPU without bf16 both run in f32).
+    bf16 = EdgeDetector(paths["openvino"], precision="bf16", batch_size=len(files)).infer(batch)
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert np.abs(bf16["anomaly_map"] - eager_map).max() > 1e-3
 
 
 def test_int8_export_calibrates_on_normal_images(

@@ -4,9 +4,10 @@
 ``k`` largest map values (``score_mode="topk"``, the paper's default, k = 100) or of the whole map
 (``score_mode="mean"``, used for ISIC2018). All shapes are static, so the graph exports with ``torch.export``.
 
-The blur is kornia's *separable* Gaussian (two 1-D passes, 2·33 instead of 33² multiply-adds per pixel at σ = 4)
-with anomalib's kernel size and reflect border: the same map as anomalib's dense ``GaussianBlur2d`` (to ~1e-6), but
+The blur is a *separable* Gaussian (two 1-D passes, 2·33 instead of 33² multiply-adds per pixel at σ = 4) with
+anomalib's kernel size and reflect border: the same map as anomalib's dense ``GaussianBlur2d`` (to ~1e-6), but
 the dense 33×33 convolution was 47 % of the deployed lite0 pipeline's latency (``benchmarks/profile_inference.py``).
+Resizing, padding and the cosine come from :mod:`.exact_ops`, so that the exported map stays f32 on bf16 CPUs.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 
 import torch
 from anomalib.models.components.filters.blur import compute_kernel_size
-from anomalib.models.image.patchcore.torch_model import PatchcoreModel
-from kornia.filters import GaussianBlur2d
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+
+from .exact_ops import SeparableGaussianBlur, cosine_distance, nearest_distance, resize_bilinear
 
 
 class ScoreMode(StrEnum):
@@ -46,12 +46,15 @@ class AnomalyMapGenerator(nn.Module):
     def __init__(self, sigma: float = 4.0) -> None:
         super().__init__()
         size = compute_kernel_size(sigma)  # anomalib's rule: 2·⌊4σ+0.5⌋+1
-        self.blur = GaussianBlur2d((size, size), (sigma, sigma), border_type="reflect", separable=True)
+        self.blur = SeparableGaussianBlur(size, sigma)
 
     def combine(self, maps: Sequence[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """Upsample per-stage ``(N, 1, h, w)`` maps to ``image_size``, sum them and blur: ``(N, 1, H, W)``."""
-        upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps]
-        return self.blur(torch.stack(upsampled).sum(0))
+        upsampled = [resize_bilinear(m, image_size) for m in maps]
+        total = upsampled[0]
+        for m in upsampled[1:]:  # adds, not stack + sum: OpenVINO turns stack's Unsqueeze into an unmarked Reshape
+            total = total + m
+        return self.blur(total)
 
     def forward(
         self,
@@ -65,7 +68,7 @@ class AnomalyMapGenerator(nn.Module):
 
 def distance_maps(features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per-stage ``1 − cos`` along channels, ``(N, 1, h, w)`` each."""
-    return [(1 - F.cosine_similarity(f, r, dim=1)).unsqueeze(1) for f, r in zip(features, reconstructions, strict=True)]
+    return [cosine_distance(f, r) for f, r in zip(features, reconstructions, strict=True)]
 
 
 def image_score(anomaly_map: torch.Tensor, mode: ScoreMode | str = ScoreMode.TOPK, top_k: int = 100) -> torch.Tensor:
@@ -95,7 +98,7 @@ class NearestPatchMap(nn.Module):
     other's resolution, concatenated along channels; for WRN-50 ``layer1..3`` that is PatchCore's
     ``layer2 + layer3``. A bank keeps a random subset (random rather than PatchCore's greedy coreset, which took
     579 s on ELPV mono on 2 CPU cores). The search runs over fixed chunks of the bank, so memory stays bounded and
-    the graph exports.
+    the graph exports (:func:`.exact_ops.nearest_distance`).
 
     Args:
         bank_size: Most embeddings kept in the memory bank.
@@ -129,7 +132,7 @@ class NearestPatchMap(nn.Module):
         """``(N, D, h, w)`` embedding of the used stages."""
         pooled = [self.pool(f) for f in features[-2:]]
         size = pooled[0].shape[-2:]
-        resized = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
+        resized = [resize_bilinear(p, size) for p in pooled[1:]]
         return torch.cat([pooled[0], *resized], dim=1)
 
     def patches(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -149,8 +152,8 @@ class NearestPatchMap(nn.Module):
             embeddings = embeddings[keep.to(embeddings.device)]
         self.memory_bank = embeddings.detach().clone()
 
-    def distances(self, rows: torch.Tensor) -> torch.Tensor:
-        """Euclidean distance of each ``(M, D)`` row to its nearest bank row: ``(M,)``."""
+    def distances(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance of each position of ``(N, D, h, w)`` (or row of ``(M, D)``) to its nearest bank row."""
         if self.empty:
             msg = (
                 f"The memory bank filled from {self.description} is empty: Ckaad fills it in the first training "
@@ -158,15 +161,13 @@ class NearestPatchMap(nn.Module):
                 "pass num_sanity_val_steps=0."
             )
             raise RuntimeError(msg)
-        chunks = self.memory_bank.split(self.chunk_size)
-        nearest = [PatchcoreModel.euclidean_dist(rows, c).min(dim=1).values for c in chunks]
-        return torch.stack(nearest, dim=1).min(dim=1).values
+        if embedding.dim() == 2:
+            return nearest_distance(embedding[:, :, None, None], self.memory_bank, self.chunk_size).reshape(-1)
+        return nearest_distance(embedding, self.memory_bank, self.chunk_size)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(N, 1, h, w)`` Euclidean distance of each position to the nearest bank embedding."""
-        embedding = self.embed(features)
-        n, d, h, w = embedding.shape
-        return self.distances(embedding.permute(0, 2, 3, 1).reshape(n * h * w, d)).reshape(n, 1, h, w)
+        return self.distances(self.embed(features))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Take the checkpoint's bank whatever its size (a new model's bank is empty)."""

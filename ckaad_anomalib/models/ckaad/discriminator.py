@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+
+from .exact_ops import l2_normalize
 
 NEGATIVE_SLOPE = 0.1
 
@@ -41,7 +42,7 @@ class PatchEnergyHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return energies of shape ``(N, 1, H, W)``."""
-        return self.net(F.normalize(features, dim=1)).abs()
+        return self.net(l2_normalize(features)).abs()
 
 
 class PatchEnergyDiscriminator(nn.Module):
@@ -120,7 +121,7 @@ class ImageEnergyDiscriminator(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return energies of shape ``(N,)``."""
         fused = torch.cat(
-            [down(F.normalize(f, dim=1)) for down, f in zip(self.to_deepest, features, strict=True)],
+            [down(l2_normalize(f)) for down, f in zip(self.to_deepest, features, strict=True)],
             dim=1,
         )
         return self.mlp(self.reduce(fused)).abs().squeeze(1)

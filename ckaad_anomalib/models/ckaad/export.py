@@ -5,13 +5,16 @@
 * INT8: calibrated on *normal training images*, and only the feature convolutions are quantised
   (:func:`int8_ignored_ops`, :func:`quantize_int8`); its threshold and normalisation are fitted on its *own*
   validation scores (:func:`export_int8_with_own_thresholds`).
-* The OpenVINO precision hint of the torch-free runtime (``ckaad_anomalib.deploy``) defaults to f32.
+* OpenVINO exports keep f32 on bf16 CPUs with nothing for the user to pass (:func:`keep_f32`): every op is marked
+  precise, and the pre-processing and map tail use ops that honour the mark (:mod:`.exact_ops`,
+  :class:`CkaadPreProcessor`). ``ckaad-infer --precision bf16`` removes the marks to opt into bf16.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -19,6 +22,13 @@ from typing import Any
 import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.pre_processing.utils.transform import get_exportable_transform
+from torchvision.transforms.v2 import Compose, Normalize, Resize, Transform
+
+from ckaad_anomalib.deploy.openvino_infer import PRECISE_MARK
+
+from .exact_ops import ExactNormalize, ExactResize
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +151,69 @@ def export_int8_with_own_thresholds(
     finally:
         post_processor.enable_normalization, post_processor.enable_thresholding = flags
         post_processor.load_state_dict(fp32_statistics)
+
+
+def exact_export_transform(transform: Transform | None) -> Transform | None:
+    """The exportable pre-processing of anomalib, with ``Resize`` and ``Normalize`` as :mod:`.exact_ops` modules.
+
+    anomalib exports ``Resize`` as ``Interpolate`` (which OpenVINO runs in bf16 on bf16 CPUs whatever the graph
+    says) and ``Normalize`` as a division (which it splits into ops that lose the f32 mark), so on such CPUs the
+    image entered the network rounded to bf16. These two give the same values (antialiasing off, as anomalib's).
+
+    Args:
+        transform: The pre-processor's transform.
+
+    Returns:
+        The transform the exported graph applies.
+    """
+    exportable = get_exportable_transform(transform)
+
+    def exact(step: Transform) -> Transform:
+        if isinstance(step, Resize) and isinstance(step.size, Sequence) and len(step.size) == 2:
+            return ExactResize(step.size)  # type: ignore[return-value]
+        if isinstance(step, Normalize):
+            return ExactNormalize(step.mean, step.std)  # type: ignore[return-value]
+        return step
+
+    if isinstance(exportable, Compose):
+        return Compose([exact(step) for step in exportable.transforms])
+    return exact(exportable) if exportable is not None else None
+
+
+class CkaadPreProcessor(PreProcessor):
+    """anomalib's ``PreProcessor`` whose export graph uses :func:`exact_export_transform`."""
+
+    def __init__(self, transform: Transform | None = None) -> None:
+        super().__init__(transform)
+        self.export_transform = exact_export_transform(self.transform)
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore the transform from a checkpoint, and its exact export version."""
+        super().load_checkpoint_config(config)
+        self.export_transform = exact_export_transform(self.transform)
+
+
+def keep_f32(model_xml: Path | str) -> None:
+    """Mark every op of an exported OpenVINO model as precise, in place, so CPUs with bf16 run it in f32.
+
+    OpenVINO's CPU plugin runs in bf16 by default where the CPU has it, and ``anomalib.deploy.OpenVINOInferencer``
+    passes no precision hint. A precision hint cannot be stored in the IR (the CPU plugin ignores
+    ``runtime_options/INFERENCE_PRECISION_HINT`` in the model's rt_info; checked with OpenVINO 2026.4), but a
+    per-op mark can: OpenVINO's "precise" runtime attribute (saved as ``DisablePrecisionConversion``) keeps an op in
+    its original precision (OpenVINO PR #21440, for bf16 and f16). The graph's resize, pad and division are written
+    with ops that keep the mark (:mod:`.exact_ops`).
+
+    Args:
+        model_xml: The exported ``model.xml`` (its ``model.bin`` beside it is rewritten too).
+    """
+    import openvino as ov
+
+    xml = Path(model_xml)
+    model = ov.Core().read_model(str(xml))
+    for op in model.get_ops():
+        op.get_rt_info()[PRECISE_MARK] = ""
+    with TemporaryDirectory(dir=xml.parent) as tmp:
+        ov.save_model(model, Path(tmp) / xml.name, compress_to_fp16=False)
+        del model  # release the memory-mapped weights before replacing them
+        for suffix in (".xml", ".bin"):
+            os.replace(Path(tmp) / xml.with_suffix(suffix).name, xml.with_suffix(suffix))

@@ -38,7 +38,7 @@ from torch import optim
 from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from .export import export_int8_with_own_thresholds, quantize_int8
+from .export import CkaadPreProcessor, export_int8_with_own_thresholds, keep_f32, quantize_int8
 from .loss import CkaadLoss, reconstruction_loss, require
 from .torch_model import AUTO_WEIGHTS, CkaadModel, TrainOutput
 
@@ -244,7 +244,7 @@ class Ckaad(AnomalibModule):
             The pre-processor.
         """
         mean, std = backbone_normalization(backbone)
-        return PreProcessor(
+        return CkaadPreProcessor(
             transform=Compose([Resize(image_size or (256, 256), antialias=True), Normalize(mean=mean, std=std)]),
         )
 
@@ -480,14 +480,22 @@ class Ckaad(AnomalibModule):
             return super().to_onnx(*args, **kwargs)
 
     def to_openvino(self, export_root: Path | str, *args, **kwargs) -> Path:  # type: ignore[override]
-        """Export to OpenVINO (anomalib's); INT8 gets its own threshold (:func:`.export_int8_with_own_thresholds`)."""
+        """Export to OpenVINO (anomalib's), f32 on bf16 CPUs too (:func:`.keep_f32`).
+
+        INT8 gets its own threshold (:func:`.export_int8_with_own_thresholds`).
+        """
         arguments = inspect.signature(AnomalibModule.to_openvino).bind(self, export_root, *args, **kwargs).arguments
         arguments.pop("self")
         quantised = arguments.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
         if not quantised or not isinstance(self.post_processor, PostProcessor):  # a custom one: nothing to refit
-            return super().to_openvino(**arguments)
-        root, datamodule = arguments.pop("export_root"), arguments.pop("datamodule", None)
-        return export_int8_with_own_thresholds(self.post_processor, super().to_openvino, root, datamodule, **arguments)
+            path = super().to_openvino(**arguments)
+        else:
+            root, datamodule = arguments.pop("export_root"), arguments.pop("datamodule", None)
+            path = export_int8_with_own_thresholds(
+                self.post_processor, super().to_openvino, root, datamodule, **arguments
+            )
+        keep_f32(path)
+        return path
 
     @staticmethod
     def _post_training_quantization_ov(model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401

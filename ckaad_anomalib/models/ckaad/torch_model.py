@@ -323,7 +323,11 @@ class CkaadModel(nn.Module):
             raise ValueError(msg)
         features = self.extract(images)
         maps = self.component_maps(features, self.autoencoder(features), images.shape[-2:], components)
-        return torch.stack([image_score(m, self.score_mode, self.top_k) for m in maps], dim=1)
+        return self._stack_scores(maps)
+
+    def _stack_scores(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(N, C)`` image scores of ``(N, 1, H, W)`` maps (reshape + cat: ``stack`` exports an unmarked op)."""
+        return torch.cat([image_score(m, self.score_mode, self.top_k).reshape(-1, 1) for m in maps], dim=1)
 
     def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the normal per-component score mean and std that standardise the fused score."""
@@ -332,7 +336,7 @@ class CkaadModel(nn.Module):
 
     def fuse(self, scores: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """``Σ_c w_c · z_c`` of ``(N, C)`` component scores (``w``: the model's, unless given)."""
-        z = (scores - self.score_mean) / self.score_std
+        z = (scores + -self.score_mean) * self.score_std.reciprocal()  # no Subtract / Divide: see exact_ops
         return (z * (self.score_weights if weights is None else weights)).sum(dim=1)
 
     def score(
@@ -348,7 +352,7 @@ class CkaadModel(nn.Module):
                 pred_score=image_score(anomaly_map, self.score_mode, self.top_k), anomaly_map=anomaly_map
             )
         maps = self.component_maps(features, reconstructions, image_size, distance=anomaly_map)
-        scores = torch.stack([image_score(m, self.score_mode, self.top_k) for m in maps], dim=1)
+        scores = self._stack_scores(maps)
         return InferenceBatch(pred_score=self.fuse(scores), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
