@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # nearest-normal score plus closeness to the coarse anomalies' most anomalous patches (w chosen on validation);
     # its twin without coarse knowledge is the same run's nearest-normal score alone (AUROCc_nearest)
     "coarse_knn": {"distance_weight": 0.0, "knn_weight": 1.0, "coarse_weight": "auto"},
+    # slimmer auto-encoders (issue 9's edge budget): paper defaults otherwise
+    "slim_w50": {"ae_width": 0.5},
+    "slim_w50_b1": {"ae_width": 0.5, "ae_blocks": 1},
+    "slim_w25_b1": {"ae_width": 0.25, "ae_blocks": 1},
 }
 # Peers on the same backbone, pre-processing and files: anomalib's PatchCore (unsupervised, normal images only) and
 # SupersimplenetWeak (this project's image-label SuperSimpleNet, on the same coarse batches as Ckaad).

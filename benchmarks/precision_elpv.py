@@ -1,23 +1,33 @@
-"""Accuracy cost of INT8 on ELPV: torch eager vs OpenVINO FP32 vs OpenVINO INT8 of one trained Ckaad.
+"""Accuracy and speed of each deployed precision on ELPV: torch eager vs OpenVINO f32 / bf16 / INT8 of one Ckaad.
 
 It trains the CPU ELPV setup of ``configs/ckaad_elpv_lite0.yaml`` (or loads ``--ckpt``). It exports through
 anomalib's Engine, FP32 and INT8 (NNCF PTQ calibrated on the normal training images, Ckaad's INT8 export), then
-scores the held-out ELPV test split with the torch-free edge runtime. The test split was never used for
-training, calibration or thresholds.
+scores the held-out ELPV test split:
 
-    python benchmarks/int8_elpv.py --epochs 20 --seed 0
+* ``OpenVINOInferencer (defaults)``: anomalib's own deployment path, no precision passed (the export's f32 marks
+  decide, also on CPUs whose default is bf16);
+* ``OpenVINO FP32`` / ``OpenVINO bf16`` / ``OpenVINO INT8``: the torch-free edge runtime (``ckaad-infer``) with
+  ``precision="f32"`` and the opt-in ``precision="bf16"`` (marks removed; on a CPU without bf16 it runs f32).
+
+The test split was never used for training, calibration or thresholds. Latency: batch 1, median of the test
+images after a warm-up, on this machine's CPU (whose OpenVINO capabilities are printed).
+
+    python benchmarks/precision_elpv.py --epochs 5 --seed 0
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import torch
-from anomalib.deploy import CompressionType, ExportType
+from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 from sklearn.metrics import f1_score, roc_auc_score
@@ -26,6 +36,39 @@ from ckaad_anomalib import Ckaad, install_lite0_weights
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule
 from ckaad_anomalib.deploy import EdgeDetector
 from ckaad_anomalib.deploy.openvino_infer import load_image
+
+
+def score_openvino(
+    fp32: Path, int8: Path, images: np.ndarray, scores: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, float]:
+    """Add each OpenVINO runtime's (score, label) to ``scores``; return its batch-1 median latency in ms."""
+    latency: dict[str, float] = {}
+    inferencer = OpenVINOInferencer(path=fp32)
+    predictions = [inferencer.predict(image[None]) for image in images]
+    scores["OpenVINOInferencer (defaults)"] = (
+        np.array([np.asarray(p.pred_score).item() for p in predictions]),
+        np.array([bool(np.asarray(p.pred_label).item()) for p in predictions]),
+    )
+    for name, path, precision in (
+        ("OpenVINO FP32", fp32, "f32"),
+        ("OpenVINO bf16 (opt-in)", fp32, "bf16"),
+        ("OpenVINO INT8", int8, "f32"),
+    ):
+        detector = EdgeDetector(path, precision=precision, batch_size=32)
+        outs = [detector.infer(images[i : i + 32]) for i in range(0, len(images), 32)]
+        score = np.concatenate([o["pred_score"] for o in outs])
+        label = np.concatenate([o["pred_label"] for o in outs]).astype(bool)
+        scores[name] = (score, label)
+        single = EdgeDetector(path, precision=precision)
+        for image in images[:10]:  # warm-up
+            single.infer(image[None])
+        times = []
+        for image in images:
+            start = time.perf_counter()
+            single.infer(image[None])
+            times.append(time.perf_counter() - start)
+        latency[name] = 1e3 * statistics.median(times)
+    return latency
 
 
 def main() -> None:
@@ -77,20 +120,23 @@ def main() -> None:
         with torch.no_grad():
             eager = model(torch.from_numpy(images))
         scores = {"torch eager": (eager.pred_score.numpy(), eager.pred_label.numpy().astype(bool))}
-        for name, path in (("OpenVINO FP32", fp32), ("OpenVINO INT8", int8)):
-            detector = EdgeDetector(path, batch_size=32)
-            outs = [detector.infer(images[i : i + 32]) for i in range(0, len(images), 32)]
-            score = np.concatenate([o["pred_score"] for o in outs])
-            label = np.concatenate([o["pred_label"] for o in outs]).astype(bool)
-            scores[name] = (score, label)
+        os.chdir(root)  # OpenVINOInferencer writes ./openvino_cache
+        latency = score_openvino(fp32, int8, images, scores)
 
+    capabilities = " ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     print(f"\nELPV mono test split: {len(truth)} images ({truth.sum()} defective), seed {args.seed}")
-    print(f"{'runtime':15s} {'image AUROC':>12s} {'image F1':>10s}")
-    reference = roc_auc_score(truth, scores["torch eager"][0])
+    print(f"CPU: {ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')}; OpenVINO {ov.__version__}: {capabilities}")
+    print(f"{'runtime':30s} {'image AUROC':>12s} {'image F1':>10s} {'max |Δscore|':>13s} {'p50 ms (batch 1)':>17s}")
+    reference_score = scores["torch eager"][0]
+    reference = roc_auc_score(truth, reference_score)
     for name, (score, label) in scores.items():
         auroc = roc_auc_score(truth, score)
         delta = 100 * (auroc - reference)
-        print(f"{name:15s} {auroc:12.4f} {f1_score(truth, label):10.4f}   Δ AUROC vs eager {delta:+.2f} pt")
+        ms = f"{latency[name]:17.2f}" if name in latency else f"{'':17s}"
+        print(
+            f"{name:30s} {auroc:12.4f} {f1_score(truth, label):10.4f} {np.abs(score - reference_score).max():13.2e}"
+            f"{ms}   Δ AUROC vs eager {delta:+.2f} pt"
+        )
 
 
 if __name__ == "__main__":

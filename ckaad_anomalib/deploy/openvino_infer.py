@@ -18,7 +18,8 @@ Precision: OpenVINO's CPU plugin runs in bfloat16 by default on CPUs that suppor
 moved the normalised anomaly map by up to 0.06 and the score by up to 0.09 in our parity check. A Ckaad export
 marks its ops precise, so it runs in f32 anywhere, also through ``anomalib.deploy.OpenVINOInferencer``;
 ``precision="f32"`` (the default here) also asks for f32 for other models. ``"bf16"`` (or ``"f16"``) is an explicit
-speed option: it removes the marks and asks for that precision.
+speed option: the feature convolutions (:func:`network_convolutions`) lose their marks and run in that precision,
+while the scoring tail stays f32 (all of it in bf16 collapsed ELPV to AUROC 0.50; this split cost 0.18 points).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +44,40 @@ PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 # it is saved as DisablePrecisionConversion and reads back under that name.
 PRECISE_MARK = "precise_0"
 PRECISE_MARK_READ = "DisablePrecisionConversion_0"
+CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData"}
+
+
+def network_convolutions(model: Any) -> list[Any]:  # noqa: ANN401 - openvino.Model (imported lazily)
+    """The feature convolutions of an exported CKAAD graph (extractor, auto-encoder): where low precision is safe.
+
+    Everything else is the scoring tail, whose values have a tiny range: the blur's single-channel convolutions,
+    and the memory-bank products of the nearest-feature score, 1×1 convolutions whose weights are the bank rather
+    than a named model parameter. In 8 bits (or bf16) the tail collapses the map (measured on ELPV: AUROC 0.50).
+
+    Args:
+        model: An ``openvino.Model``.
+
+    Returns:
+        Its feature convolution ops.
+    """
+    found = []
+    for op in model.get_ops():
+        if op.get_type_name() not in CONVOLUTIONS:
+            continue
+        shape = op.input(1).get_partial_shape()
+        if not shape.is_static or (shape[0] == 1 and shape[1] == 1):
+            continue  # the blur
+        source = op.input_value(1).get_node()
+        while source.get_type_name() != "Constant" and source.get_input_size() > 0:
+            source = source.input_value(0).get_node()  # through Convert (FP16 weights) and Reshape
+        if (
+            shape[2:] == [1, 1]
+            and op.get_type_name() == "Convolution"
+            and not source.get_friendly_name().startswith("model.")
+        ):
+            continue  # a memory-bank product
+        found.append(op)
+    return found
 
 
 @dataclass
@@ -168,7 +203,8 @@ class EdgeDetector:
     Args:
         model_path: The exported ``model.xml`` (with its ``model.bin`` beside it) or an ``.onnx`` file.
         device: OpenVINO device (``"CPU"``, ``"GPU"``, ...).
-        precision: Inference precision hint: ``"f32"`` (faithful, default), ``"bf16"`` or ``"f16"``.
+        precision: ``"f32"`` (faithful, default), or ``"bf16"`` / ``"f16"`` for the feature convolutions (the
+            scoring tail of a Ckaad export stays f32).
         batch_size: Images per inference request (images of different sizes are never batched together).
 
     Raises:
@@ -211,8 +247,8 @@ class EdgeDetector:
         if not {"pred_score", "anomaly_map"} <= names:
             msg = f"{path}: not an anomalib export (outputs {sorted(names)}, expected pred_score and anomaly_map)."
             raise ValueError(msg)
-        if precision != "f32":  # the caller opts into lower precision: drop the export's f32 marks
-            for op in model.get_ops():
+        if precision != "f32":  # opt-in: the feature convolutions may drop the export's f32 marks, the tail keeps them
+            for op in network_convolutions(model):
                 rt_info = op.get_rt_info()
                 if PRECISE_MARK_READ in rt_info:
                     del rt_info[PRECISE_MARK_READ]
@@ -397,7 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--heatmaps", default=None, help="folder for heat-map overlays (default: none)")
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--precision", default="f32", choices=sorted(PRECISIONS))
+    parser.add_argument(
+        "--precision",
+        default="f32",
+        choices=sorted(PRECISIONS),
+        help="f32 (faithful, default); bf16/f16: the feature convolutions only (ELPV: 1.24x faster, -0.18 AUROC pt)",
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args(argv)
     try:

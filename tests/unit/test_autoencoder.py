@@ -71,3 +71,18 @@ def test_rejects_strides_that_are_not_power_of_two_apart() -> None:
         FeatureAutoEncoder([32, 64], [8, 24])
     with pytest.raises(ValueError, match="one stride per stage"):
         FeatureAutoEncoder([32, 64], [8])
+
+
+def test_slim_width_and_blocks() -> None:
+    channels, strides = [24, 40, 112], [4, 8, 16]
+    features = [torch.randn(2, c, 64 // s, 64 // s) for c, s in zip(channels, strides, strict=True)]
+    paper = FeatureAutoEncoder(channels, strides)
+    slim = FeatureAutoEncoder(channels, strides, width=0.5, blocks=1)
+    assert [tuple(r.shape) for r in slim(features)] == [tuple(f.shape) for f in features]
+    assert [m.out_channels for m in slim.project_in] == [14, 28, 56]  # half the canonical 28 / 56 / 112
+    assert all(len(stage) == 1 for stage in (*slim.decoder, slim.latent))
+    assert sum(p.numel() for p in slim.parameters()) < 0.2 * sum(p.numel() for p in paper.parameters())
+    with pytest.raises(ValueError, match="width must be in"):
+        FeatureAutoEncoder(channels, strides, width=0)
+    with pytest.raises(ValueError, match="blocks >= 1"):
+        FeatureAutoEncoder(channels, strides, blocks=0)

@@ -125,6 +125,8 @@ def test_pre_processor_uses_backbone_normalisation() -> None:
         ({"betas": (0.5,)}, r"^betas must be two values"),
         ({"d_grad_clip": 0.0}, r"^d_grad_clip must be > 0"),
         ({"sigma": -1.0}, r"^sigma must be > 0"),
+        ({"ae_width": 0.0}, r"^ae_width must be in \(0, 4\]"),
+        ({"ae_blocks": 0}, r"^ae_blocks must be >= 1 or None"),
         ({"top_k": 0}, r"^top_k must be >= 1"),
         ({"image_size": (0, 64)}, r"^image_size must be"),
         ({"push_weight": -1.0}, r"^push_weight must be >= 0"),

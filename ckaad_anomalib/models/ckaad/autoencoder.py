@@ -13,7 +13,8 @@ hard-coded widths:
   convolution (2×2 for consecutive stages), output in the extractor's shapes.
 
 Residual blocks are ResNet basic blocks for narrow backbones and bottlenecks for wide ones (deepest width ≥ 1024),
-with the paper's block counts (2 per stage for basic; 3/4/6 for bottleneck).
+with the paper's block counts (2 per stage for basic; 3/4/6 for bottleneck). ``width`` scales every canonical width
+and ``blocks`` sets one block count for every stage: a slimmer decoder for edge latency (paper: 1 and per-stage).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class FeatureAutoEncoder(nn.Module):
     Args:
         channels: Channels of each extracted stage, shallow to deep (``feature_info.channels()``).
         strides: Stride of each stage w.r.t. the input, shallow to deep (``feature_info.reduction()``).
+        width: Multiplier of the canonical widths (1: the paper's; 0.5 halves every convolution's width).
+        blocks: Residual blocks per stage for all stages (``None``: the paper's counts).
 
     Example:
         >>> ae = FeatureAutoEncoder(channels=[128, 256], strides=[8, 16])
@@ -121,17 +124,22 @@ class FeatureAutoEncoder(nn.Module):
         [(2, 128, 32, 32), (2, 256, 16, 16)]
     """
 
-    def __init__(self, channels: Sequence[int], strides: Sequence[int]) -> None:
+    def __init__(
+        self, channels: Sequence[int], strides: Sequence[int], width: float = 1.0, blocks: int | None = None
+    ) -> None:
         super().__init__()
         if len(channels) != len(strides) or not channels:
             msg = f"need one stride per stage, got channels={list(channels)} strides={list(strides)}."
             raise ValueError(msg)
+        if not 0 < width <= 4 or (blocks is not None and blocks < 1):
+            msg = f"auto-encoder width must be in (0, 4] and blocks >= 1 (or None), got {width} and {blocks}."
+            raise ValueError(msg)
         deep_ch, deep_stride = channels[-1], strides[-1]
-        widths = [max(1, deep_ch * s // deep_stride) for s in strides]
+        widths = [max(2, round(width * deep_ch * s / deep_stride)) for s in strides]
         self.bottleneck = deep_ch >= WIDE_THRESHOLD
         # blocks per decoder stage, deepest first (the latent uses the first count too)
         counts = [
-            BOTTLENECK_BLOCKS[j % len(BOTTLENECK_BLOCKS)] if self.bottleneck else BASIC_BLOCKS
+            blocks or (BOTTLENECK_BLOCKS[j % len(BOTTLENECK_BLOCKS)] if self.bottleneck else BASIC_BLOCKS)
             for j in range(len(channels))
         ]
 

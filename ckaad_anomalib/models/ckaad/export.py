@@ -7,7 +7,7 @@
   validation scores (:func:`export_int8_with_own_thresholds`).
 * OpenVINO exports keep f32 on bf16 CPUs with nothing for the user to pass (:func:`keep_f32`): every op is marked
   precise, and the pre-processing and map tail use ops that honour the mark (:mod:`.exact_ops`,
-  :class:`CkaadPreProcessor`). ``ckaad-infer --precision bf16`` removes the marks to opt into bf16.
+  :class:`CkaadPreProcessor`). ``ckaad-infer --precision bf16`` opts into bf16 for the feature convolutions only.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.pre_processing.utils.transform import get_exportable_transform
 from torchvision.transforms.v2 import Compose, Normalize, Resize, Transform
 
-from ckaad_anomalib.deploy.openvino_infer import PRECISE_MARK
+from ckaad_anomalib.deploy.openvino_infer import PRECISE_MARK, network_convolutions
 
 from .exact_ops import ExactNormalize, ExactResize
 
@@ -36,11 +36,10 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size
 
 
 def int8_ignored_ops(model: Any) -> list[str]:  # noqa: ANN401 - an openvino.Model
-    """Names of the OpenVINO ops INT8 quantisation must leave alone: everything but the feature convolutions.
+    """Names of the OpenVINO ops INT8 quantisation must leave alone: all but :func:`network_convolutions`.
 
-    The scoring tail (cosine distance with its divisions and clamps, upsampling, map sum, blur, anomalib's
-    normalisation) works on values of tiny range. Quantised to 8 bits, the map collapses to a constant (measured on
-    ELPV: AUROC 0.93 → 0.50). The blur's convolutions are the only single-channel ones.
+    Quantised to 8 bits, the scoring tail (distances, upsampling, blur, anomalib's normalisation) collapses the
+    map to a constant (measured on ELPV: AUROC 0.93 → 0.50).
 
     Args:
         model: The OpenVINO model to be quantised.
@@ -48,15 +47,8 @@ def int8_ignored_ops(model: Any) -> list[str]:  # noqa: ANN401 - an openvino.Mod
     Returns:
         Friendly names of the ops to ignore.
     """
-    convolutions = {"Convolution", "GroupConvolution", "ConvolutionBackpropData"}
-    ignored = []
-    for op in model.get_ops():
-        if op.get_type_name() in convolutions:
-            weights = op.input(1).get_partial_shape()
-            if not (weights.rank.is_static and weights[0] == 1 and weights[1] == 1):
-                continue  # a feature convolution: quantise it
-        ignored.append(op.get_friendly_name())
-    return ignored
+    quantised = {op.get_friendly_name() for op in network_convolutions(model)}
+    return [op.get_friendly_name() for op in model.get_ops() if op.get_friendly_name() not in quantised]
 
 
 def quantize_int8(model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401 - openvino.Model

@@ -108,6 +108,9 @@ class Ckaad(AnomalibModule):
         distance_weight: Weight of the reconstruction-distance score (``1``, paper; ``0``: the distance stays the
             anomaly map but leaves the image score to the other components).
         memory_bank_size: Most embeddings in each memory bank (a random subset; 16384 × D floats).
+        ae_width: Width multiplier of the auto-encoder (``1``, paper). A slimmer decoder for edge latency: see the
+            model README's Pareto table (latency at batch 1 vs image AUROC on ELPV).
+        ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's, 2 per stage for narrow backbones).
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -148,6 +151,8 @@ class Ckaad(AnomalibModule):
         coarse_fraction: float = 0.1,
         distance_weight: float = 1.0,
         memory_bank_size: int = 16384,
+        ae_width: float = 1.0,
+        ae_blocks: int | None = None,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -159,6 +164,8 @@ class Ckaad(AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self._validate(lr, d_lr, betas, d_grad_clip, top_k, sigma, max_epochs, image_size)
+        require("ae_width", ae_width, 0 < ae_width <= 4, "in (0, 4]")
+        require("ae_blocks", ae_blocks, ae_blocks is None or ae_blocks >= 1, ">= 1 or None")
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(
                 image_size=(int(image_size[0]), int(image_size[1])), backbone=backbone
@@ -199,6 +206,8 @@ class Ckaad(AnomalibModule):
             distance_weight=distance_weight,
             coarse_weight=coarse_weight,
             coarse_fraction=coarse_fraction,
+            ae_width=ae_width,
+            ae_blocks=ae_blocks,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0

@@ -137,6 +137,8 @@ class CkaadModel(nn.Module):
             image-level label says some region is defective, not which).
         coarse_fraction: Part of each coarse anomaly's positions that enter the coarse bank.
         memory_bank_size: Most embeddings each bank keeps.
+        ae_width: Width multiplier of the auto-encoder (1: the paper's).
+        ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's counts).
 
     ``energy_weight`` and ``coarse_weight`` also take ``"auto"``: chosen from :data:`AUTO_WEIGHTS` on labelled
     validation images. With any weight but the paper's set, the image score is ``Σ_c w_c · z_c``, each component
@@ -173,6 +175,8 @@ class CkaadModel(nn.Module):
         distance_weight: float = 1.0,
         coarse_weight: float | str = 0.0,
         coarse_fraction: float = 0.1,
+        ae_width: float = 1.0,
+        ae_blocks: int | None = None,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -193,7 +197,7 @@ class CkaadModel(nn.Module):
             )
             raise ValueError(msg)
         # built before D so that CKAAD and its Recon twin start from the same AE weights under one seed
-        self.autoencoder = FeatureAutoEncoder(channels, strides)
+        self.autoencoder = FeatureAutoEncoder(channels, strides, width=ae_width, blocks=ae_blocks)
         kind = DiscriminatorType(discriminator) if discriminator is not None else None
         self.patch_discriminator = (
             PatchEnergyDiscriminator(channels) if kind in {DiscriminatorType.PATCH, DiscriminatorType.BOTH} else None
