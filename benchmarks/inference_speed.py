@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import nncf
@@ -104,6 +105,14 @@ def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, iters: int, 
     p50 = statistics.median(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     return {"ips": len(batch) / statistics.mean(times), "p50_ms": 1e3 * p50, "p95_ms": 1e3 * p95}
+
+
+def build_ckaad(backbone: str, **kwargs: Any) -> Ckaad:  # noqa: ANN401
+    """An untrained Ckaad at 256×256 in eval mode (lite0 with its offline ImageNet weights, ResNet-18 random)."""
+    pre_trained = backbone == "tf_efficientnet_lite0"
+    model = Ckaad(backbone=backbone, layers=BACKBONES[backbone], pre_trained=pre_trained, image_size=(SIZE, SIZE),
+                  visualizer=False, **kwargs)  # fmt: skip
+    return model.eval()
 
 
 def _random_weights_extractor(*args: object, **kwargs: object) -> TimmFeatureExtractor:
@@ -249,27 +258,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ckaad_speed_"))
     rows = []
     for backbone in args.backbones:
-        model = Ckaad(
-            backbone=backbone,
-            layers=BACKBONES[backbone],
-            pre_trained=backbone == "tf_efficientnet_lite0",
-            image_size=(SIZE, SIZE),
-            visualizer=False,
-        ).eval()
+        model = build_ckaad(backbone)
         graphs = {"ckaad": Pipeline(model).eval(), "backbone": Backbone(model).eval()}
         if args.peers:
             graphs |= {name: Pipeline(peer).eval() for name, peer in peers(backbone).items()}
         for spec in args.slim:
             width, _, blocks = spec.partition(":")
-            slim = Ckaad(
-                backbone=backbone,
-                layers=BACKBONES[backbone],
-                pre_trained=backbone == "tf_efficientnet_lite0",
-                image_size=(SIZE, SIZE),
-                visualizer=False,
-                ae_width=float(width),
-                ae_blocks=int(blocks) if blocks else None,
-            ).eval()
+            slim = build_ckaad(backbone, ae_width=float(width), ae_blocks=int(blocks) if blocks else None)
             graphs[f"ckaad_w{width}_b{blocks or 'paper'}"] = Pipeline(slim).eval()
         with model.model.inference_only():
             for batch_size in args.batches:
