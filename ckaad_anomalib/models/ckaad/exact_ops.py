@@ -6,9 +6,12 @@ f32, and anomalib's ``OpenVINOInferencer`` does not ask: measured on a small Cka
 (:func:`~ckaad_anomalib.models.ckaad.export.keep_f32`), which the plugin honours for convolutions, reductions,
 gathers and element-wise ops (OpenVINO PR #21440). It does *not* honour it for ``Interpolate`` and ``Pad``, nor for
 the ops its own decompositions create (``Divide`` → ``Multiply`` + ``Power``, ``Unsqueeze`` → ``Reshape``), which
-then run in bf16 and round the map. So the map's tail avoids them: bilinear resizing and reflect padding are
-gathers with fixed weights, and the cosine distance divides by multiplying with a power. Each gives the same values
-as the torch / kornia op it replaces (to ~1e-7), in training too.
+then run in bf16 and round the map, nor for a fused element-wise chain that ends in such a created op (its output
+is bf16). So the map's tail avoids them: bilinear resizing and reflect padding are gathers with fixed weights, the
+cosine distance and the L2 normalisation divide by multiplying with a power and end in a reduction or a product of
+original ops, and the memory-bank products are a convolution. Each gives the values of the torch / kornia /
+anomalib op it replaces to ~1e-6 (a few 1e-6 for strong downscaling, where torch rounds the source position), in
+training too.
 """
 
 from __future__ import annotations
