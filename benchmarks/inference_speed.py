@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,6 +58,7 @@ BACKBONES = {
     "resnet18": ("layer2", "layer3"),
 }
 SIZE = 256
+CORE = ov.Core()
 
 
 class Pipeline(nn.Module):
@@ -157,12 +160,27 @@ def peers(backbone: str) -> dict[str, AnomalibModule]:
     return models
 
 
+def compiles(model: ov.Model, workdir: Path) -> bool:
+    """Whether OpenVINO's CPU plugin compiles ``model`` without crashing, tried in a child process.
+
+    Compiling anomalib's Padim after NNCF's whole-graph INT8 quantisation, calibrated on ELPV cells, segfaulted in
+    ``compile_model`` (OpenVINO 2026.4.1, twice; with random calibration images it compiled).
+    """
+    path = workdir / f"probe_{id(model)}.xml"
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    code = (
+        f"import openvino as ov; ov.Core().compile_model({str(path)!r}, 'CPU', {{'INFERENCE_PRECISION_HINT': 'f32'}})"
+    )
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True).returncode == 0
+
+
 def openvino_runner(
     module: nn.Module, batch_size: int, calibration: np.ndarray | None, workdir: Path, whole_graph: bool = False
-) -> Callable[[np.ndarray], object]:
+) -> Callable[[np.ndarray], object] | None:
     """Export ``module`` through ONNX to OpenVINO (as `anomalib export` does), optionally INT8 (NNCF), compile f32.
 
     INT8 quantises Ckaad's feature convolutions only (its export's rule), or ``whole_graph`` (anomalib's default).
+    Returns ``None`` if the INT8 model crashes OpenVINO's compiler (:func:`compiles`).
     """
     onnx_path = workdir / f"{id(module)}_{batch_size}.onnx"
     if not onnx_path.exists():
@@ -174,7 +192,9 @@ def openvino_runner(
         samples = [calibration[i : i + batch_size] for i in range(0, len(calibration) - batch_size + 1, batch_size)]
         ignored = None if whole_graph else nncf.IgnoredScope(names=int8_ignored_ops(model), validate=False)
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=ignored)
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        if not compiles(model, workdir):
+            return None
+    compiled = CORE.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})
 
@@ -270,7 +290,7 @@ def main() -> None:
             for batch_size in args.batches:
                 batch = np.random.default_rng(0).random((batch_size, 3, SIZE, SIZE), dtype=np.float32)
                 for name, graph in graphs.items():
-                    runners: dict[str, Callable[[np.ndarray], object]] = {}
+                    runners: dict[str, Callable[[np.ndarray], object] | None] = {}
 
                     def eager(x: np.ndarray, graph: nn.Module = graph) -> object:
                         with torch.inference_mode():
@@ -281,6 +301,9 @@ def main() -> None:
                     whole = name not in {"ckaad", "backbone"}
                     runners["OpenVINO INT8"] = openvino_runner(graph, batch_size, calibration, workdir, whole)
                     for runtime, run in runners.items():
+                        if run is None:
+                            print(f"{backbone} b{batch_size} {name:20s} {runtime:14s} not measured: compiling crashed")
+                            continue
                         stats = measure(run, batch, args.iters, args.warmup)
                         rows.append(
                             {"backbone": backbone, "batch": batch_size, "graph": name, "runtime": runtime, **stats}
