@@ -21,7 +21,7 @@ feature convolutions.
     python benchmarks/inference_speed.py                # both backbones, batch 1 and 8
     python benchmarks/inference_speed.py --iters 50 --backbones tf_efficientnet_lite0
     python benchmarks/inference_speed.py --peers --batches 1 --iters 50
-    python benchmarks/inference_speed.py --backbones tf_efficientnet_lite0 --batches 1 --slim 0.5 0.5:1 0.25:1
+    python benchmarks/inference_speed.py --backbones tf_efficientnet_lite0 --batches 1 --size 128 --slim 0.5 0.25:1
 
 Prints images/s, p50/p95 latency per batch, the CKAAD / backbone latency ratio, the issue's targets and (with
 ``--peers``) each peer's latency beside Ckaad's.
@@ -110,10 +110,10 @@ def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, iters: int, 
     return {"ips": len(batch) / statistics.mean(times), "p50_ms": 1e3 * p50, "p95_ms": 1e3 * p95}
 
 
-def build_ckaad(backbone: str, **kwargs: Any) -> Ckaad:  # noqa: ANN401
-    """An untrained Ckaad at 256×256 in eval mode (lite0 with its offline ImageNet weights, ResNet-18 random)."""
+def build_ckaad(backbone: str, size: int, **kwargs: Any) -> Ckaad:  # noqa: ANN401
+    """An untrained Ckaad at ``size``² in eval mode (lite0 with its offline ImageNet weights, ResNet-18 random)."""
     pre_trained = backbone == "tf_efficientnet_lite0"
-    model = Ckaad(backbone=backbone, layers=BACKBONES[backbone], pre_trained=pre_trained, image_size=(SIZE, SIZE),
+    model = Ckaad(backbone=backbone, layers=BACKBONES[backbone], pre_trained=pre_trained, image_size=(size, size),
                   visualizer=False, **kwargs)  # fmt: skip
     return model.eval()
 
@@ -122,7 +122,7 @@ def _random_weights_extractor(*args: object, **kwargs: object) -> TimmFeatureExt
     return TimmFeatureExtractor(*args, **{**kwargs, "pre_trained": False})  # type: ignore[arg-type]
 
 
-def peers(backbone: str) -> dict[str, AnomalibModule]:
+def peers(backbone: str, size: int) -> dict[str, AnomalibModule]:
     """Anomalib's models on ``backbone`` with Ckaad's pre-processing, ready to score (bank / Gaussian filled)."""
     pre_trained = backbone == "tf_efficientnet_lite0"
     common = {"pre_trained": pre_trained, "visualizer": False, "evaluator": False}
@@ -140,10 +140,10 @@ def peers(backbone: str) -> dict[str, AnomalibModule]:
         # its bottleneck and decoder are built for layer1..3 of a ResNet
         rd_layers = ("layer1", "layer2", "layer3")
         models["reverse_distillation"] = ReverseDistillation(backbone=backbone, layers=rd_layers, **common)
-    images = torch.rand(2, 3, SIZE, SIZE)
+    images = torch.rand(2, 3, size, size)
     with torch.no_grad():
         for model in models.values():
-            model.pre_processor = Ckaad.configure_pre_processor((SIZE, SIZE), backbone)
+            model.pre_processor = Ckaad.configure_pre_processor((size, size), backbone)
             if isinstance(model, Patchcore | Padim):
                 model.model.train()
                 embedding = model.model(images)
@@ -175,7 +175,12 @@ def compiles(model: ov.Model, workdir: Path) -> bool:
 
 
 def openvino_runner(
-    module: nn.Module, batch_size: int, calibration: np.ndarray | None, workdir: Path, whole_graph: bool = False
+    module: nn.Module,
+    batch_size: int,
+    calibration: np.ndarray | None,
+    workdir: Path,
+    size: int,
+    whole_graph: bool = False,
 ) -> Callable[[np.ndarray], object] | None:
     """Export ``module`` through ONNX to OpenVINO (as `anomalib export` does), optionally INT8 (NNCF), compile f32.
 
@@ -185,7 +190,7 @@ def openvino_runner(
     onnx_path = workdir / f"{id(module)}_{batch_size}.onnx"
     if not onnx_path.exists():
         torch.onnx.export(
-            module, (torch.rand(batch_size, 3, SIZE, SIZE),), str(onnx_path), dynamo=True, opset_version=18
+            module, (torch.rand(batch_size, 3, size, size),), str(onnx_path), dynamo=True, opset_version=18
         )
     model = ov.convert_model(str(onnx_path))
     if calibration is not None:
@@ -199,8 +204,8 @@ def openvino_runner(
     return lambda x: request.infer({0: x})
 
 
-def calibration_images(count: int) -> np.ndarray:
-    """Normal ELPV cells (functional, mono) resized to 256, as [0, 1] RGB, for INT8 calibration."""
+def calibration_images(count: int, size: int) -> np.ndarray:
+    """Normal ELPV cells (functional, mono) resized to ``size``, as [0, 1] RGB, for INT8 calibration."""
     from PIL import Image
 
     from ckaad_anomalib.data import ELPV
@@ -209,7 +214,7 @@ def calibration_images(count: int) -> np.ndarray:
     datamodule.setup("fit")
     paths = list(datamodule.train_data.samples.image_path)[:count]
     images = [
-        np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE)), dtype=np.float32).transpose(2, 0, 1) / 255
+        np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32).transpose(2, 0, 1) / 255
         for p in paths
     ]
     return np.stack(images)
@@ -268,27 +273,28 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--calibration", type=int, default=64, help="normal images for INT8 calibration")
+    parser.add_argument("--size", type=int, default=SIZE, help="input side in pixels (default 256)")
     parser.add_argument("--peers", action="store_true", help="also anomalib's Stfpm, Padim, Patchcore, RD")
     parser.add_argument(
         "--slim", nargs="*", default=[], metavar="WIDTH[:BLOCKS]", help="also Ckaad with ae_width / ae_blocks"
     )
     args = parser.parse_args()
     install_lite0_weights()
-    calibration = calibration_images(args.calibration)
+    calibration = calibration_images(args.calibration, args.size)
     workdir = Path(tempfile.mkdtemp(prefix="ckaad_speed_"))
     rows = []
     for backbone in args.backbones:
-        model = build_ckaad(backbone)
+        model = build_ckaad(backbone, args.size)
         graphs = {"ckaad": Pipeline(model).eval(), "backbone": Backbone(model).eval()}
         if args.peers:
-            graphs |= {name: Pipeline(peer).eval() for name, peer in peers(backbone).items()}
+            graphs |= {name: Pipeline(peer).eval() for name, peer in peers(backbone, args.size).items()}
         for spec in args.slim:
             width, _, blocks = spec.partition(":")
-            slim = build_ckaad(backbone, ae_width=float(width), ae_blocks=int(blocks) if blocks else None)
+            slim = build_ckaad(backbone, args.size, ae_width=float(width), ae_blocks=int(blocks) if blocks else None)
             graphs[f"ckaad_w{width}_b{blocks or 'paper'}"] = Pipeline(slim).eval()
         with model.model.inference_only():
             for batch_size in args.batches:
-                batch = np.random.default_rng(0).random((batch_size, 3, SIZE, SIZE), dtype=np.float32)
+                batch = np.random.default_rng(0).random((batch_size, 3, args.size, args.size), dtype=np.float32)
                 for name, graph in graphs.items():
                     runners: dict[str, Callable[[np.ndarray], object] | None] = {}
 
@@ -297,9 +303,11 @@ def main() -> None:
                             return graph(torch.from_numpy(x))
 
                     runners["torch eager"] = eager
-                    runners["OpenVINO FP32"] = openvino_runner(graph, batch_size, None, workdir)
+                    runners["OpenVINO FP32"] = openvino_runner(graph, batch_size, None, workdir, args.size)
                     whole = name not in {"ckaad", "backbone"}
-                    runners["OpenVINO INT8"] = openvino_runner(graph, batch_size, calibration, workdir, whole)
+                    runners["OpenVINO INT8"] = openvino_runner(
+                        graph, batch_size, calibration, workdir, args.size, whole
+                    )
                     for runtime, run in runners.items():
                         if run is None:
                             print(f"{backbone} b{batch_size} {name:20s} {runtime:14s} not measured: compiling crashed")
