@@ -68,6 +68,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # nearest-normal score plus closeness to the coarse anomalies' most anomalous patches (w chosen on validation);
     # its twin without coarse knowledge is the same run's nearest-normal score alone (AUROCc_nearest)
     "coarse_knn": {"distance_weight": 0.0, "knn_weight": 1.0, "coarse_weight": "auto"},
+    # the same score, and the map standardised and weighted like it (pixel level follows the image score)
+    "coarse_knn_map": {"distance_weight": 0.0, "knn_weight": 1.0, "coarse_weight": "auto", "fused_map": True},
     # slimmer auto-encoders (issue 9's edge budget): paper defaults otherwise
     "slim_w50": {"ae_width": 0.5},
     "slim_w50_b1": {"ae_width": 0.5, "ae_blocks": 1},

@@ -189,6 +189,26 @@ def test_nearest_normal_score_joins_the_fused_score_and_travels_with_the_model(s
         CkaadModel(**RESNET18, input_size=(64, 64), distance_weight=0)
 
 
+def test_fused_map_is_the_standardised_weighted_sum_of_the_component_maps(seeded: None) -> None:
+    kwargs = {**RESNET18, "input_size": (64, 64), "discriminator": None, "knn_weight": 0.5, "memory_bank_size": 40}
+    model = CkaadModel(**kwargs, fused_map=True).eval()  # type: ignore[arg-type]
+    assert model.nearest is not None
+    model.nearest.set_memory_bank(model.nearest.patches(model.extract(torch.randn(3, 3, 64, 64))))
+    model.set_score_statistics(torch.tensor([0.3, 2.0]), torch.tensor([0.1, 4.0]))
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    features = model.extract(x)
+    distance, nearest = model.component_maps(features, model.autoencoder(features), (64, 64))
+    torch.testing.assert_close(out.anomaly_map, (distance - 0.3) / 0.1 + 0.5 * (nearest - 2.0) / 4.0)
+    # the image score is unchanged by the map option
+    paper_map = CkaadModel(**kwargs).eval()  # type: ignore[arg-type]
+    paper_map.load_state_dict(model.state_dict())
+    torch.testing.assert_close(paper_map(x).pred_score, out.pred_score)
+    torch.testing.assert_close(paper_map(x).anomaly_map, distance)
+    with pytest.raises(ValueError, match="fused_map needs a fused score"):
+        CkaadModel(**RESNET18, input_size=(64, 64), fused_map=True)
+
+
 def test_coarse_closeness_scores_patches_near_a_labelled_defect_higher(seeded: None) -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64), distance_weight=0, knn_weight=1, coarse_weight="auto")
     assert model.components == ["nearest", "coarse"]

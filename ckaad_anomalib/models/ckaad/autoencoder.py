@@ -145,10 +145,10 @@ class FeatureAutoEncoder(nn.Module):
 
         self.project_in = nn.ModuleList(_projection(c, w) for c, w in zip(channels, widths, strict=True))
         self.to_deepest = nn.ModuleList()
-        for width, stride in zip(widths, strides, strict=True):
+        for stage_width, stride in zip(widths, strides, strict=True):
             layers: list[nn.Module] = []
             for step in range(_log2_ratio(deep_stride, stride)):
-                w = width * 2**step
+                w = stage_width * 2**step
                 layers += [_conv3x3(w, 2 * w, stride=2), _norm(2 * w), nn.ReLU(inplace=True)]
             self.to_deepest.append(nn.Sequential(*layers))
         latent = 2 * widths[-1]

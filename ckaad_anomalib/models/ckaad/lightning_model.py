@@ -111,6 +111,8 @@ class Ckaad(AnomalibModule):
         ae_width: Width multiplier of the auto-encoder (``1``, paper). A slimmer decoder for edge latency: see the
             model README's Pareto table (latency at batch 1 vs image AUROC on ELPV).
         ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's, 2 per stage for narrow backbones).
+        fused_map: ``False`` (paper): the anomaly map is the reconstruction distance. ``True``: it is the fused
+            score's map, each component's map standardised and weighted like the image score (needs a fused score).
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -153,6 +155,7 @@ class Ckaad(AnomalibModule):
         memory_bank_size: int = 16384,
         ae_width: float = 1.0,
         ae_blocks: int | None = None,
+        fused_map: bool = False,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -208,6 +211,7 @@ class Ckaad(AnomalibModule):
             coarse_fraction=coarse_fraction,
             ae_width=ae_width,
             ae_blocks=ae_blocks,
+            fused_map=fused_map,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0

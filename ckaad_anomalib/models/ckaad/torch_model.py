@@ -139,6 +139,8 @@ class CkaadModel(nn.Module):
         memory_bank_size: Most embeddings each bank keeps.
         ae_width: Width multiplier of the auto-encoder (1: the paper's).
         ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's counts).
+        fused_map: The anomaly map is the fused score's map, ``Σ_c w_c · (map_c − μ_c) / σ_c`` with the image
+            score's weights and statistics, instead of the reconstruction distance alone (needs a fused score).
 
     ``energy_weight`` and ``coarse_weight`` also take ``"auto"``: chosen from :data:`AUTO_WEIGHTS` on labelled
     validation images. With any weight but the paper's set, the image score is ``Σ_c w_c · z_c``, each component
@@ -177,6 +179,7 @@ class CkaadModel(nn.Module):
         coarse_fraction: float = 0.1,
         ae_width: float = 1.0,
         ae_blocks: int | None = None,
+        fused_map: bool = False,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -248,6 +251,10 @@ class CkaadModel(nn.Module):
         )
         self.coarse_fraction = coarse_fraction
         self.fused = self.components != [ScoreComponent.DISTANCE]  # anything but the paper's score
+        if fused_map and not self.fused:
+            msg = "fused_map needs a fused score: set knn_weight, energy_weight or coarse_weight (or their 'auto')."
+            raise ValueError(msg)
+        self.fused_map = fused_map
         # per-component score statistics of held-out normal images and the weights; saved only when the score uses
         # them, so checkpoints of models without it keep their keys
         self.register_buffer("score_mean", torch.zeros(len(self.components)), persistent=self.fused)
@@ -340,8 +347,19 @@ class CkaadModel(nn.Module):
 
     def fuse(self, scores: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """``Σ_c w_c · z_c`` of ``(N, C)`` component scores (``w``: the model's, unless given)."""
-        z = (scores + -self.score_mean) * self.score_std.reciprocal()  # no Subtract / Divide: see exact_ops
-        return (z * (self.score_weights if weights is None else weights)).sum(dim=1)
+        return self.standardised_sum(list(scores.unbind(dim=1)), weights)
+
+    def standardised_sum(self, parts: Sequence[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``Σ_c w_c · (part_c − μ_c) / σ_c``: component ``c``'s scores, or its map (the fused map).
+
+        Written as products and sums of the parts (no stack, subtraction or division), see :mod:`.exact_ops`.
+        """
+        scale = (self.score_weights if weights is None else weights) * self.score_std.reciprocal()
+        offset = -self.score_mean * scale
+        total = parts[0] * scale[0] + offset[0]
+        for c in range(1, len(parts)):
+            total = total + (parts[c] * scale[c] + offset[c])
+        return total
 
     def score(
         self,
@@ -357,6 +375,8 @@ class CkaadModel(nn.Module):
             )
         maps = self.component_maps(features, reconstructions, image_size, distance=anomaly_map)
         scores = self._stack_scores(maps)
+        if self.fused_map:
+            anomaly_map = self.standardised_sum(maps)
         return InferenceBatch(pred_score=self.fuse(scores), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
