@@ -334,11 +334,7 @@ class CkaadModel(nn.Module):
             raise ValueError(msg)
         features = self.extract(images)
         maps = self.component_maps(features, self.autoencoder(features), images.shape[-2:], components)
-        return self._stack_scores(maps)
-
-    def _stack_scores(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(N, C)`` image scores of ``(N, 1, H, W)`` maps (reshape + cat: ``stack`` exports an unmarked op)."""
-        return torch.cat([image_score(m, self.score_mode, self.top_k).reshape(-1, 1) for m in maps], dim=1)
+        return torch.stack([image_score(m, self.score_mode, self.top_k) for m in maps], dim=1)
 
     def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the normal per-component score mean and std that standardise the fused score."""
@@ -374,10 +370,10 @@ class CkaadModel(nn.Module):
                 pred_score=image_score(anomaly_map, self.score_mode, self.top_k), anomaly_map=anomaly_map
             )
         maps = self.component_maps(features, reconstructions, image_size, distance=anomaly_map)
-        scores = self._stack_scores(maps)
+        pred_score = self.standardised_sum([image_score(m, self.score_mode, self.top_k) for m in maps])
         if self.fused_map:
             anomaly_map = self.standardised_sum(maps)
-        return InferenceBatch(pred_score=self.fuse(scores), anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
         """Training: features and reconstructions. Inference: anomaly map and image score.
