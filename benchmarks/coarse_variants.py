@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from anomalib.metrics.aupro import _AUPRO
 from anomalib.models import AnomalibModule, Patchcore
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from sklearn.metrics import f1_score, roc_auc_score
@@ -44,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from ckaad_anomalib import Ckaad, SupersimplenetWeak, install_lite0_weights
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule, make_mvtec_like_dataset
+from ckaad_anomalib.evaluation import aupro, defect_kind, per_kind_auroc
 from ckaad_anomalib.models.ckaad.loss import adversarial_loss, reconstruction_loss
 from ckaad_anomalib.models.ckaad.torch_model import ScoreComponent
 
@@ -228,19 +228,16 @@ def evaluate(
     scores = torch.cat([b.pred_score.flatten() for b in batches]).cpu().numpy()
     labels = torch.cat([b.gt_label.flatten() for b in batches]).cpu().numpy().astype(int)
     predicted = torch.cat([b.pred_label.flatten() for b in batches]).cpu().numpy().astype(int)
-    kinds = np.array([Path(p).parent.name for b in batches for p in b.image_path])
+    kinds = [defect_kind(p) for b in batches for p in b.image_path]
     out = {"image_AUROC": roc_auc_score(labels, scores), "image_F1": f1_score(labels, predicted)}
-    for kind in sorted(set(kinds[labels == 1])) if seen is not None else []:
-        keep = (labels == 0) | (kinds == kind)
-        out[f"AUROC_{'seen' if kind == seen else 'unseen'}_{kind}"] = roc_auc_score(labels[keep], scores[keep])
+    if seen is not None:
+        out |= per_kind_auroc(scores, labels, kinds, {seen})
     masks = [b.gt_mask for b in batches if b.gt_mask is not None]
     if seen is not None and masks:
         maps = torch.cat([b.anomaly_map.reshape(len(b.anomaly_map), *b.anomaly_map.shape[-2:]) for b in batches]).cpu()
         gt = torch.cat([m.reshape(len(m), *m.shape[-2:]) for m in masks]).int().cpu()
         out["pixel_AUROC"] = roc_auc_score(gt.flatten().numpy(), maps.flatten().numpy())
-        aupro = _AUPRO(fpr_limit=0.3)
-        aupro.update(maps, gt)
-        out["AUPRO"] = float(aupro.compute())
+        out["AUPRO"] = aupro(maps, gt)
     return out
 
 

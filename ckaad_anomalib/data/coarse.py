@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -269,7 +269,7 @@ class CoarseAnomalyDataModule(PresplitDataModule):
 
     def __init__(
         self,
-        datamodule: AnomalibDataModule | dict[str, Any],
+        datamodule: AnomalibDataModule | Mapping[str, Any],
         source: Literal["dataset", "folder", "synthetic"] = "dataset",
         ratio: float = 0.05,
         num_classes: int = 1,
@@ -281,13 +281,13 @@ class CoarseAnomalyDataModule(PresplitDataModule):
         seed: int = 0,
         normal_only: bool = False,
     ) -> None:
-        if isinstance(datamodule, dict):  # anomalib's benchmark grids pass nested configs as plain dicts
+        if isinstance(datamodule, Mapping):  # anomalib's get_datamodule passes nested configs as (Dict)Configs
             from anomalib.data import get_datamodule
 
             if "class_path" not in datamodule:
                 msg = f"datamodule {datamodule!r}: give a datamodule or a dict with class_path (and init_args)."
                 raise ValueError(msg)
-            datamodule = get_datamodule(datamodule)
+            datamodule = get_datamodule(dict(datamodule))
         super().__init__(
             train_batch_size=datamodule.train_batch_size,
             eval_batch_size=datamodule.eval_batch_size,

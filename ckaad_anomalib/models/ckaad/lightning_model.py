@@ -128,6 +128,8 @@ class Ckaad(AnomalibModule):
         visualizer: Visualizer or flag.
     """
 
+    uses_coarse_anomalies = True  # benchmarks train it on coarse batches, unsupervised peers on normals only
+
     model: CkaadModel
     loss: CkaadLoss
 

@@ -45,6 +45,8 @@ class SupersimplenetWeak(Supersimplenet, AnomalibModule):  # type: ignore[misc] 
         >>> model = SupersimplenetWeak(backbone="tf_efficientnet_lite0", layers=layers)  # doctest: +SKIP
     """
 
+    uses_coarse_anomalies = True  # benchmarks train it on coarse batches, unsupervised peers on normals only
+
     def __init__(
         self,
         perlin_threshold: float = 0.2,
