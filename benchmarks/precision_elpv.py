@@ -9,8 +9,9 @@ scores the held-out ELPV test split:
 * ``OpenVINO FP32`` / ``OpenVINO bf16`` / ``OpenVINO INT8``: the torch-free edge runtime (``ckaad-infer``) with
   ``precision="f32"`` and the opt-in ``precision="bf16"`` (marks removed; on a CPU without bf16 it runs f32).
 
-The test split was never used for training, calibration or thresholds. Latency: batch 1, median of the test
-images after a warm-up, on this machine's CPU (whose OpenVINO capabilities are printed).
+The test split was never used for training, calibration or thresholds; ``best F1 (test)``, the F1 at the threshold
+that is best on test, only tells what the exported threshold costs from what the scores' ranking costs. Latency:
+batch 1, median of the test images after a warm-up, on this machine's CPU (whose OpenVINO capabilities are printed).
 
     python benchmarks/precision_elpv.py --epochs 5 --seed 0
 """
@@ -30,7 +31,7 @@ import torch
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from ckaad_anomalib import Ckaad, install_lite0_weights
 from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule
@@ -69,6 +70,17 @@ def score_openvino(
             times.append(time.perf_counter() - start)
         latency[name] = 1e3 * statistics.median(times)
     return latency
+
+
+def best_f1(truth: np.ndarray, score: np.ndarray) -> float:
+    """F1 at the threshold that maximises it on these scores: a test-set diagnostic, never a deployed setting.
+
+    The gap between it and the F1 at the exported threshold is what the threshold costs; a gap between two
+    runtimes' best F1 is what their scores' ranking costs.
+    """
+    precision, recall, _ = precision_recall_curve(truth, score)
+    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    return float(f1.max())
 
 
 def main() -> None:
@@ -126,7 +138,10 @@ def main() -> None:
     capabilities = " ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     print(f"\nELPV mono test split: {len(truth)} images ({truth.sum()} defective), seed {args.seed}")
     print(f"CPU: {ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')}; OpenVINO {ov.__version__}: {capabilities}")
-    print(f"{'runtime':30s} {'image AUROC':>12s} {'image F1':>10s} {'max |Δscore|':>13s} {'p50 ms (batch 1)':>17s}")
+    print(
+        f"{'runtime':30s} {'image AUROC':>12s} {'image F1':>10s} {'best F1 (test)':>15s} {'max |Δscore|':>13s}"
+        f" {'p50 ms (batch 1)':>17s}"
+    )
     reference_score = scores["torch eager"][0]
     reference = roc_auc_score(truth, reference_score)
     for name, (score, label) in scores.items():
@@ -134,7 +149,8 @@ def main() -> None:
         delta = 100 * (auroc - reference)
         ms = f"{latency[name]:17.2f}" if name in latency else f"{'':17s}"
         print(
-            f"{name:30s} {auroc:12.4f} {f1_score(truth, label):10.4f} {np.abs(score - reference_score).max():13.2e}"
+            f"{name:30s} {auroc:12.4f} {f1_score(truth, label):10.4f} {best_f1(truth, score):15.4f}"
+            f" {np.abs(score - reference_score).max():13.2e}"
             f"{ms}   Δ AUROC vs eager {delta:+.2f} pt"
         )
 

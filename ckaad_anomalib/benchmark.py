@@ -21,8 +21,9 @@ A grid's ``benchmark`` section may hold, besides anomalib's ``seed``, ``model`` 
 
 With a :class:`~ckaad_anomalib.data.CoarseAnomalyDataModule` as data, models that learn from coarse anomalies
 (``uses_coarse_anomalies``: Ckaad, SupersimplenetWeak) train on its batches; every other model trains on the normal
-images of the same split (``normal_only``); all see the same validation and test files. The job's seed also seeds
-the split and the coarse draw unless the data entry sets ``seed``.
+images of the same split (``normal_only``); all see the same validation and test files. The job's seed seeds the
+model's construction (initial weights), the split and the coarse draw (unless the data entry sets ``seed``), and
+training.
 
 Jobs run one after another on each accelerator of the grid (anomalib's multi-GPU parallel runner is not used). The
 table is rewritten after every job, so a stopped grid keeps what it measured.
@@ -213,15 +214,22 @@ def build_model(model_cfg: dict[str, Any], image_size: int | Sequence[int] | Non
 
 
 def build_datamodule(data_cfg: dict[str, Any], model: Any, seed: int) -> Any:  # noqa: ANN401
-    """Instantiate a grid's data entry; a coarse datamodule gets the job's seed and the model's ``normal_only``."""
+    """Instantiate a grid's data entry with the job's seed; a coarse datamodule also gets the model's ``normal_only``.
+
+    The seed goes to the datamodule and, for a coarse datamodule, to the one it wraps, so that each seed is one draw
+    of the validation split (where the dataset has no fixed one) and of the coarse anomalies, shared by all models.
+    """
     from anomalib.data import get_datamodule
 
     data_cfg = copy.deepcopy(data_cfg)
     data_cfg.pop("name", None)
+    init_args = data_cfg.setdefault("init_args", {})
+    init_args.setdefault("seed", seed)
     if data_cfg["class_path"].split(".")[-1] == "CoarseAnomalyDataModule":
-        init_args = data_cfg.setdefault("init_args", {})
-        init_args.setdefault("seed", seed)
         init_args.setdefault("normal_only", not getattr(model, "uses_coarse_anomalies", False))
+        inner = init_args.get("datamodule")
+        if isinstance(inner, dict) and "class_path" in inner:
+            inner.setdefault("init_args", {}).setdefault("seed", seed)
     return get_datamodule(data_cfg)
 
 
@@ -307,7 +315,12 @@ def _benchmark_job_class() -> type:
 def build_job(accelerator: str, settings: dict[str, Any]) -> Any:  # noqa: ANN401 - a CkaadBenchmarkJob
     """One job of an expanded grid: model, datamodule and trainer settings (see the module docstring)."""
     from anomalib.pipelines.components.utils.grid_search import flatten_dict
+    from lightning import seed_everything
 
+    # Seeded before the model is built, not only before fit as in anomalib's job: initial weights and random
+    # choices made at construction (PaDiM's feature subset, Ckaad's auto-encoder) differ per seed, as they would
+    # between users' runs; otherwise every seed of a job would start from the same weights.
+    seed_everything(settings["seed"], verbose=False)
     model = build_model(settings["model"], settings.get("image_size"))
     datamodule = build_datamodule(settings["data"], model, settings["seed"])
     return _benchmark_job_class()(

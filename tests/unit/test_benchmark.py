@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from ckaad_anomalib.benchmark import build_datamodule, build_model, peak_rss_mb, reset_peak_rss
+from ckaad_anomalib.benchmark import build_datamodule, build_job, build_model, peak_rss_mb, reset_peak_rss
 from ckaad_anomalib.benchmark_report import dataset_label, summarise
 from ckaad_anomalib.evaluation import aupro, defect_kind, per_kind_auroc
 
@@ -86,10 +86,28 @@ def test_coarse_data_trains_coarse_models_on_its_batches_and_the_rest_on_normals
     peer = build_datamodule(data, SimpleNamespace(), seed=3)
     assert (coarse.normal_only, peer.normal_only) == (False, True)
     assert coarse.seed == peer.seed == 3  # the job's seed draws the split and the coarse anomalies
+    assert coarse.datamodule.seed == 3  # and the wrapped datamodule's own split
     pinned = {**data, "init_args": {**data["init_args"], "seed": 7, "normal_only": False}}
     assert build_datamodule(pinned, SimpleNamespace(), seed=3).seed == 7
     assert build_datamodule(pinned, SimpleNamespace(), seed=3).normal_only is False
     assert "name" in data  # the grid entry itself is left as it was
+
+
+def test_a_jobs_seed_sets_the_models_initial_weights(mvtec_root: Path) -> None:
+    def first_weights(seed: int) -> torch.Tensor:
+        settings = {
+            "seed": seed,
+            "model": {"class_path": "Ckaad", "init_args": {"backbone": "resnet18", "pre_trained": False}},
+            "data": {"class_path": "MVTecAD", "init_args": {"root": str(mvtec_root)}},
+        }
+        job = build_job("cpu", settings)
+        assert job.datamodule.seed == seed
+        return next(job.model.model.autoencoder.parameters()).detach().clone()
+
+    torch.manual_seed(123)  # whatever the global state, the job's seed decides
+    zero = first_weights(0)
+    assert torch.equal(zero, first_weights(0))
+    assert not torch.equal(zero, first_weights(1))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS windows read /proc/self (Linux)")
