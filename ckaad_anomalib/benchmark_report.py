@@ -1,8 +1,8 @@
 """Readable output of ``ckaad-benchmark``: a Markdown table (mean ± std over seeds) and one plot per results folder.
 
 :func:`write_report` reads every ``*.csv`` that ``ckaad-benchmark --out DIR`` wrote into ``DIR`` and writes
-``DIR/table.md`` and ``DIR/plot.png`` (image AUROC per model with error bars, and image AUROC against fit time).
-Failed jobs are listed under the table of their dataset, never averaged away.
+``DIR/table.md`` and ``DIR/plot.png`` (image and pixel AUROC per model with error bars, image AUROC against fit
+time). Failed jobs are listed under the table of their dataset, never averaged away.
 """
 
 from __future__ import annotations
@@ -105,41 +105,63 @@ def _twin_ratio(ok: pd.DataFrame) -> list[str]:
     return ["", f"Ckaad s/step ÷ Recon s/step (same run, per seed): {', '.join(f'{r:.2f}' for r in ratio)}"]
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
-    """Per dataset: image AUROC per model (mean ± std over seeds) and image AUROC against fit seconds."""
+def _colour(model: str) -> str:
+    """Ckaad and its variants red, the Recon twin orange, anomalib's peers and the weak peer blue."""
+    if model.startswith("Ckaad"):
+        return "tab:red"
+    return "tab:orange" if model == "Recon" else "tab:blue"
+
+
+def plot(table: pd.DataFrame, path: Path) -> list[str]:
+    """Per dataset: image AUROC and (with masks) pixel AUROC per model, mean ± std over seeds; AUROC vs fit time.
+
+    Returns:
+        The titles of the panels drawn, row by row.
+    """
     import matplotlib as mpl
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = table[table["status"] == "ok"].copy()
-    ok["image_AUROC"] = pd.to_numeric(ok["image_AUROC"], errors="coerce")
+    for column in ("image_AUROC", "pixel_AUROC"):
+        ok[column] = pd.to_numeric(ok[column], errors="coerce") if column in ok else float("nan")
     datasets = list(dict.fromkeys(ok["dataset"]))
-    figure, axes = plt.subplots(len(datasets), 2, figsize=(12, 3.6 * len(datasets)), squeeze=False)
-    for (bars, scatter), dataset in zip(axes, datasets, strict=True):
-        stats = (
-            ok[ok["dataset"] == dataset]
-            .groupby("model.name", sort=False)
-            .agg(auroc=("image_AUROC", "mean"), std=("image_AUROC", "std"), fit=("fit_duration", "median"))
-        )
-        stats["std"] = stats["std"].fillna(0.0)
-        colours = ["tab:red" if name in TWIN else "tab:blue" for name in stats.index]
-        bars.bar(range(len(stats)), stats["auroc"], yerr=stats["std"], color=colours, capsize=3)
-        bars.set_xticks(range(len(stats)), stats.index, rotation=30, ha="right")
-        low = max(0.0, math.floor((stats["auroc"] - stats["std"]).min() * 20) / 20 - 0.05)
-        bars.set_ylim(low, 1.0)
-        bars.set_ylabel("image AUROC")
-        bars.set_title(f"{dataset}: image AUROC (mean ± std over seeds)")
-        scatter.errorbar(stats["fit"], stats["auroc"], yerr=stats["std"], fmt="o", capsize=3)
-        for name, row in stats.iterrows():
-            scatter.annotate(str(name), (row["fit"], row["auroc"]), textcoords="offset points", xytext=(4, 4))
+    figure, axes = plt.subplots(len(datasets), 3, figsize=(18, 4.2 * len(datasets)), squeeze=False)
+    for (image, pixel, scatter), dataset in zip(axes, datasets, strict=True):
+        rows = ok[ok["dataset"] == dataset].groupby("model.name", sort=False)
+        fit = rows["fit_duration"].median()
+        for ax, column, label in ((image, "image_AUROC", "image AUROC"), (pixel, "pixel_AUROC", "pixel AUROC")):
+            mean, std = rows[column].mean().dropna(), rows[column].std().fillna(0.0)
+            if mean.empty:  # no masks (ELPV): no pixel panel
+                ax.axis("off")
+                continue
+            std = std[mean.index]
+            ax.bar(range(len(mean)), mean, yerr=std, color=[_colour(m) for m in mean.index], capsize=3)
+            ax.set_xticks(range(len(mean)), mean.index, rotation=35, ha="right")
+            ax.set_ylim(max(0.0, math.floor((mean - std).min() * 20) / 20 - 0.05), 1.0)
+            ax.set_ylabel(label)
+            ax.set_title(f"{dataset}: {label}, mean ± std over seeds", fontsize="medium")
+            ax.grid(axis="y", alpha=0.3)
+        mean, std = rows["image_AUROC"].mean(), rows["image_AUROC"].std().fillna(0.0)
+        markers, peers = "osD^vP*Xhp<>", plt.get_cmap("tab20b")
+        for i, model in enumerate(mean.index):  # a legend, not labels: close points would overprint each other
+            colour = peers(i % 20) if _colour(model) == "tab:blue" else _colour(model)
+            scatter.errorbar(
+                fit[model], mean[model], yerr=std[model], fmt=markers[i % len(markers)], capsize=3, markersize=7,
+                color=colour, label=model,
+            )  # fmt: skip
         scatter.set_xscale("log")
         scatter.set_xlabel("fit seconds (median over seeds)")
         scatter.set_ylabel("image AUROC")
-        scatter.set_title(f"{dataset}: quality vs fit time")
+        scatter.set_title(f"{dataset}: image AUROC vs fit time", fontsize="medium")
+        scatter.grid(alpha=0.3)
+        scatter.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
+    titles = [ax.get_title() for ax in figure.axes if ax.axison]
     plt.close(figure)
+    return titles
 
 
 def write_report(folder: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from torchvision.transforms import v2
 
 from ckaad_anomalib.benchmark import build_datamodule, build_job, build_model, peak_rss_mb, reset_peak_rss
-from ckaad_anomalib.benchmark_report import dataset_label, summarise
+from ckaad_anomalib.benchmark_report import dataset_label, plot, summarise
 from ckaad_anomalib.evaluation import aupro, defect_kind, per_kind_auroc
 
 
@@ -143,6 +143,19 @@ def test_summary_gives_mean_and_std_per_model_the_twin_step_ratio_and_every_fail
     assert "| Recon | 2 | 0.8900 ± 0.0141 |" in text
     assert "Ckaad s/step ÷ Recon s/step (same run, per seed): 1.50, 1.00" in text
     assert "**failed**: Padim seed 0: ValueError: broken" in text
+
+
+def test_plot_draws_pixel_auroc_only_for_data_with_masks(tmp_path: Path) -> None:
+    masked = _rows().assign(dataset="masked", pixel_AUROC=0.97)
+    titles = plot(pd.concat([_rows(), masked], ignore_index=True), tmp_path / "plot.png")
+    assert titles == [
+        "texture: image AUROC, mean ± std over seeds",
+        "texture: image AUROC vs fit time",
+        "masked: image AUROC, mean ± std over seeds",
+        "masked: pixel AUROC, mean ± std over seeds",
+        "masked: image AUROC vs fit time",
+    ]
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
 def test_dataset_label_falls_back_to_the_wrapped_datamodule_and_its_category() -> None:
