@@ -77,7 +77,8 @@ def summarise(table: pd.DataFrame) -> str:
         kinds = sorted(c for c in ok.columns if c.startswith("AUROC_") and ok[c].notna().any())
         quality = [c for c in QUALITY if c in ok and ok[c].notna().any()] + kinds
         header = ["model", "seeds", *(QUALITY.get(c, c.removeprefix("AUROC_")) for c in quality), *COST.values()]
-        lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines = [f"### {dataset}", "", _settings(rows), ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, runs in ok.groupby("model.name", sort=False):
             cells = [str(model), str(runs["seed"].nunique())]
             cells += [_mean_std(runs[c], 4) for c in quality]
@@ -90,6 +91,19 @@ def summarise(table: pd.DataFrame) -> str:
             lines.append(f"- **failed**: {row.get('model.name')} seed {row.get('seed')}: {row.get('error')}")
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
+
+
+def _settings(rows: pd.DataFrame) -> str:
+    """One line: the grid settings the dataset's rows share, the seeds, and the coarse anomalies drawn per seed."""
+    parts = []
+    for key, label in (("image_size", "image size"), ("max_epochs", "epochs")):
+        if key in rows and rows[key].notna().any():
+            parts.append(f"{label} {', '.join(str(v) for v in rows[key].dropna().unique())}")
+    parts.append(f"seeds {', '.join(str(s) for s in sorted(rows['seed'].dropna().unique()))}")
+    if "n_coarse" in rows and (rows["n_coarse"] > 0).any():
+        coarse = rows[rows["n_coarse"] > 0].groupby("seed")["n_coarse"].first()
+        parts.append(f"coarse anomalies per seed {' / '.join(str(int(n)) for n in coarse)}")
+    return "Settings: " + "; ".join(parts) + "."
 
 
 def _twin_ratio(ok: pd.DataFrame) -> list[str]:
@@ -167,11 +181,8 @@ def plot(table: pd.DataFrame, path: Path) -> list[str]:
 def write_report(folder: Path) -> None:
     """Rewrite ``folder/table.md`` and ``folder/plot.png`` from every results CSV in ``folder``."""
     table = load(folder)
-    settings = ["image_size", "max_epochs"]
-    first = table.iloc[0].to_dict()
-    head = ", ".join(f"{key} {first[key]}" for key in settings if key in first and pd.notna(first[key]))
     (folder / "table.md").write_text(
-        f"Settings of the first row: {head or 'from the grids'}; quality: mean ± std over seeds; costs: median.\n"
+        "Quality: mean ± std over seeds; costs: median over seeds.\n"
         "Per-kind AUROC (seen = the coarse anomalies' kind) and AUPRO are on raw scores; the other metrics are "
         "anomalib's, thresholds fitted on the validation split.\n\n" + summarise(table),
         encoding="utf-8",

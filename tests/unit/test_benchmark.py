@@ -138,7 +138,7 @@ def _rows() -> pd.DataFrame:
 
 def test_summary_gives_mean_and_std_per_model_the_twin_step_ratio_and_every_failure() -> None:
     text = summarise(_rows())
-    assert "### texture" in text
+    assert "### texture\n\nSettings: seeds 0, 1.\n" in text
     assert "| Ckaad | 2 | 0.9200 ± 0.0283 |" in text
     assert "| Recon | 2 | 0.8900 ± 0.0141 |" in text
     assert "Ckaad s/step ÷ Recon s/step (same run, per seed): 1.50, 1.00" in text
