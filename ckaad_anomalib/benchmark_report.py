@@ -141,14 +141,18 @@ def plot(table: pd.DataFrame, path: Path) -> list[str]:
     for column in ("image_AUROC", "pixel_AUROC"):
         ok[column] = pd.to_numeric(ok[column], errors="coerce") if column in ok else float("nan")
     datasets = list(dict.fromkeys(ok["dataset"]))
-    figure, axes = plt.subplots(len(datasets), 3, figsize=(18, 4.2 * len(datasets)), squeeze=False)
-    for (image, pixel, scatter), dataset in zip(axes, datasets, strict=True):
+    # A pixel column only when some dataset has masks; a dataset without them (ELPV) says so in its cell.
+    panels = [("image_AUROC", "image AUROC")] + [("pixel_AUROC", "pixel AUROC")] * bool(ok["pixel_AUROC"].notna().any())
+    columns = len(panels) + 1
+    figure, axes = plt.subplots(len(datasets), columns, figsize=(6 * columns, 4.2 * len(datasets)), squeeze=False)
+    for (*bars, scatter), dataset in zip(axes, datasets, strict=True):
         rows = ok[ok["dataset"] == dataset].groupby("model.name", sort=False)
         fit = rows["fit_duration"].median()
-        for ax, column, label in ((image, "image_AUROC", "image AUROC"), (pixel, "pixel_AUROC", "pixel AUROC")):
+        for ax, (column, label) in zip(bars, panels, strict=True):
             mean, std = rows[column].mean().dropna(), rows[column].std().fillna(0.0)
-            if mean.empty:  # no masks (ELPV): no pixel panel
+            if mean.empty:
                 ax.axis("off")
+                ax.text(0.5, 0.5, f"{dataset}: no pixel masks", ha="center", va="center", transform=ax.transAxes)
                 continue
             std = std[mean.index]
             ax.bar(range(len(mean)), mean, yerr=std, color=[_colour(m) for m in mean.index], capsize=3)

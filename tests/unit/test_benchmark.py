@@ -158,6 +158,15 @@ def test_plot_draws_pixel_auroc_only_for_data_with_masks(tmp_path: Path) -> None
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
+def test_plot_has_no_pixel_column_when_no_dataset_has_masks(tmp_path: Path) -> None:
+    from PIL import Image
+
+    titles = plot(_rows(), tmp_path / "plot.png")
+    assert titles == ["texture: image AUROC, mean ± std over seeds", "texture: image AUROC vs fit time"]
+    with Image.open(tmp_path / "plot.png") as image:
+        assert image.size[0] == 2 * 6 * 100  # two panels of 6 inches at 100 dpi, no empty third
+
+
 def test_dataset_label_falls_back_to_the_wrapped_datamodule_and_its_category() -> None:
     row = {
         "data.class_path": "CoarseAnomalyDataModule",
