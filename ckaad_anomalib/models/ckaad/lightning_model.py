@@ -507,7 +507,7 @@ class Ckaad(AnomalibModule):
         else:
             root, datamodule = arguments.pop("export_root"), arguments.pop("datamodule", None)
             path = export_int8_with_own_thresholds(
-                self.post_processor, super().to_openvino, root, datamodule, **arguments
+                self, self.post_processor, super().to_openvino, root, datamodule, **arguments
             )
         keep_f32(path)
         return path
