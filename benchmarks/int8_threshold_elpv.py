@@ -1,8 +1,8 @@
 """Where INT8's F1 goes on ELPV: which threshold rule keeps FP32's test F1 (issue 9, item 2).
 
-Trains one Ckaad (the CPU ELPV setup, lite0 128 px), exports it raw (no normalisation or threshold) in FP32 and
-quantises it twice the way Ckaad's INT8 export does (checks the two passes are identical), scores the validation
-and test splits, and prints the test F1 of the threshold rules:
+Trains one Ckaad (precision_elpv.py's CPU ELPV setup, lite0 128 px), exports it raw (no normalisation or
+threshold) in FP32 and quantises it twice the way Ckaad's INT8 export does (checks the two passes are identical),
+scores the validation and test splits, and prints the test F1 of the threshold rules:
 
 * ``fp32 own``: anomalib's F1-adaptive threshold on FP32's validation scores (what the FP32 export carries);
 * ``int8 own (F1-adaptive)``: the same rule refitted on INT8's validation scores (Ckaad's INT8 export until
@@ -27,11 +27,11 @@ import torch
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
+from precision_elpv import elpv_datamodule, elpv_model  # the same trained setup as precision_elpv.py
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 from torch.utils.data import DataLoader
 
-from ckaad_anomalib import Ckaad, install_lite0_weights
-from ckaad_anomalib.data import ELPV, CoarseAnomalyDataModule
+from ckaad_anomalib import install_lite0_weights
 from ckaad_anomalib.deploy import EdgeDetector
 from ckaad_anomalib.models.ckaad.export import matched_threshold, quantize_int8
 
@@ -61,17 +61,10 @@ def main() -> None:
     args = parser.parse_args()
     install_lite0_weights()
     seed_everything(args.seed, workers=True)
-    elpv = ELPV(module_type="mono", train_batch_size=16, eval_batch_size=64, num_workers=0, seed=args.seed)
-    datamodule = CoarseAnomalyDataModule(elpv, ratio=0.05, num_classes=1, seed=args.seed)
+    datamodule = elpv_datamodule(args.seed)
     root = Path(tempfile.mkdtemp())
     engine = Engine(default_root_dir=root, max_epochs=args.epochs, accelerator="cpu", logger=False)
-    model = Ckaad(
-        backbone="tf_efficientnet_lite0",
-        layers=("blocks.1", "blocks.2", "blocks.4"),
-        lr=1e-3,
-        image_size=(128, 128),
-        visualizer=False,
-    )
+    model = elpv_model()
     engine.fit(model, datamodule=datamodule)
     post_processor = model.post_processor
     post_processor.enable_normalization = post_processor.enable_thresholding = False

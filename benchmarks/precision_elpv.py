@@ -72,6 +72,23 @@ def score_openvino(
     return latency
 
 
+def elpv_datamodule(seed: int) -> CoarseAnomalyDataModule:
+    """ELPV mono with real coarse anomalies (k = 1, r_l = 0.05): the CPU setup of ``configs/ckaad_elpv_lite0.yaml``."""
+    elpv = ELPV(module_type="mono", train_batch_size=16, eval_batch_size=64, num_workers=0, seed=seed)
+    return CoarseAnomalyDataModule(elpv, ratio=0.05, num_classes=1, seed=seed)
+
+
+def elpv_model(image_size: int = 128) -> Ckaad:
+    """Ckaad of that setup (lite0 blocks.1/2/4, lr 1e-3), without the visualiser."""
+    return Ckaad(
+        backbone="tf_efficientnet_lite0",
+        layers=("blocks.1", "blocks.2", "blocks.4"),
+        lr=1e-3,
+        image_size=(image_size, image_size),
+        visualizer=False,
+    )
+
+
 def best_f1(truth: np.ndarray, score: np.ndarray) -> float:
     """F1 at the threshold that maximises it on these scores: a test-set diagnostic, never a deployed setting.
 
@@ -93,22 +110,11 @@ def main() -> None:
     args = parser.parse_args()
     install_lite0_weights()
     seed_everything(args.seed, workers=True)
-    datamodule = CoarseAnomalyDataModule(
-        ELPV(module_type="mono", train_batch_size=16, eval_batch_size=64, num_workers=0, seed=args.seed),
-        ratio=0.05,
-        num_classes=1,
-        seed=args.seed,
-    )
+    datamodule = elpv_datamodule(args.seed)
     with tempfile.TemporaryDirectory() as root:
         engine = Engine(default_root_dir=root, max_epochs=args.epochs, accelerator="cpu", logger=False)
         if args.ckpt is None:
-            model = Ckaad(
-                backbone="tf_efficientnet_lite0",
-                layers=("blocks.1", "blocks.2", "blocks.4"),
-                lr=1e-3,
-                image_size=(args.image_size, args.image_size),
-                visualizer=False,
-            )
+            model = elpv_model(args.image_size)
             start = time.perf_counter()
             engine.fit(model, datamodule=datamodule)
             print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.0f} s")
