@@ -50,3 +50,29 @@ def test_tiny_grid_writes_the_side_by_side_table_with_costs(lite0_weights: Path,
     rebuilt = run_cli(["ckaad-benchmark", "--report", "--out", "report"], tmp_path, idle_seconds=20)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert (tmp_path / "report" / "table.md").read_text() == report
+
+
+GRIDS = sorted((REPO / "configs" / "benchmark").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=[g.name for g in GRIDS])
+def test_shipped_grid_expands_and_every_model_builds(grid: Path, lite0_weights: Path) -> None:
+    """A typo in a shipped grid (an argument a model does not take, a stage lite0 lacks) fails here, not an hour into
+    a benchmark run."""
+    import yaml
+    from anomalib.pipelines.components.utils.grid_search import get_iterator_from_grid_dict
+
+    from ckaad_anomalib.benchmark import build_model
+
+    del lite0_weights
+    settings = yaml.safe_load(grid.read_text())["benchmark"]
+    jobs = list(get_iterator_from_grid_dict(settings))
+    assert jobs, f"{grid.name}: the grid expands to no job"
+    seen: set[str] = set()
+    for job in jobs:
+        key = repr(job["model"])
+        if key in seen:  # other seeds and datasets of an entry already built
+            continue
+        seen.add(key)
+        model = build_model(job["model"], job.get("image_size"))
+        assert model.pre_processor is not None, job["model"]

@@ -110,3 +110,16 @@ def test_synthetic_source_config_on_mvtec_layout(mvtec_root: Path, lite0_weights
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 0.0 <= printed_metric(proc.stdout, "image_AUROC") <= 1.0
     assert 0.0 <= printed_metric(proc.stdout, "pixel_AUROC") <= 1.0
+
+
+@pytest.mark.slow
+def test_fine_map_config_localises_through_the_cli(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
+    """The localisation config trains from the CLI with its stride-4 + stride-8 banks and scores a fused map that
+    finds the generated defects (lite0's ImageNet features; one epoch fills the banks)."""
+    del lite0_weights
+    config = Path(__file__).parents[2] / "configs" / "ckaad_texture_lite0_coarse_knn_fine.yaml"
+    args = ["--trainer.max_epochs", "1", "--data.init_args.datamodule.init_args.root", str(mvtec_root)]
+    proc = run_cli(["anomalib", "train", "--config", str(config), *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed_metric(proc.stdout, "pixel_AUROC") > 0.9
+    assert printed_metric(proc.stdout, "image_AUROC") > 0.8

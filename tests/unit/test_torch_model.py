@@ -209,6 +209,26 @@ def test_fused_map_is_the_standardised_weighted_sum_of_the_component_maps(seeded
         CkaadModel(**RESNET18, input_size=(64, 64), fused_map=True)
 
 
+def test_nearest_layers_choose_the_banks_stages_and_so_the_maps_resolution(seeded: None) -> None:
+    resnet = {**RESNET18, "layers": ["layer1", "layer2", "layer3"], "input_size": (64, 64), "discriminator": None}
+    kwargs = {**resnet, "distance_weight": 0, "knn_weight": 1, "coarse_weight": 1, "memory_bank_size": 40}
+    model = CkaadModel(**kwargs, nearest_layers=["layer2", "layer1"])  # type: ignore[arg-type]
+    assert model.nearest is not None
+    assert model.coarse is not None
+    features = model.extract(torch.randn(2, 3, 64, 64))
+    # shallow first whatever the order given: layer1 (stride 4, 64 ch) at its 16×16 grid, then layer2 (128 ch)
+    assert model.nearest.patches(features).shape == (2, 16 * 16, 64 + 128)
+    assert model.coarse.patches(features).shape == (2, 16 * 16, 64 + 128)
+    torch.testing.assert_close(model.nearest.embed(features)[:, :64], model.nearest.pool(features[0]))
+    default = CkaadModel(**kwargs)  # type: ignore[arg-type]
+    assert default.nearest is not None
+    assert default.nearest.patches(features).shape == (2, 8 * 8, 128 + 256)  # PatchCore's: the two deepest
+    with pytest.raises(ValueError, match=r"nearest_layers=\['layer4'\] must be a non-empty subset of layers"):
+        CkaadModel(**kwargs, nearest_layers=["layer4"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs a memory bank: set knn_weight or coarse_weight"):
+        CkaadModel(**resnet, nearest_layers=["layer1"])  # type: ignore[arg-type]
+
+
 def test_coarse_closeness_scores_patches_near_a_labelled_defect_higher(seeded: None) -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64), distance_weight=0, knn_weight=1, coarse_weight="auto")
     assert model.components == ["nearest", "coarse"]

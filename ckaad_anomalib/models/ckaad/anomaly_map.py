@@ -96,14 +96,16 @@ class NearestPatchMap(nn.Module):
     most anomalous embeddings it measures how close a patch is to a labelled defect. The embedding follows
     PatchCore: the two deepest stages (its mid-level features), 3×3 average pooled, the deeper resampled to the
     other's resolution, concatenated along channels; for WRN-50 ``layer1..3`` that is PatchCore's
-    ``layer2 + layer3``. A bank keeps a random subset (random rather than PatchCore's greedy coreset, which took
-    579 s on ELPV mono on 2 CPU cores). The search runs over fixed chunks of the bank, so memory stays bounded and
-    the graph exports (:func:`.exact_ops.nearest_distance`).
+    ``layer2 + layer3`` (``stages`` picks others). A bank keeps a random subset (random rather than PatchCore's
+    greedy coreset, which took 579 s on ELPV mono on 2 CPU cores). The search runs over fixed chunks of the bank, so
+    memory stays bounded and the graph exports (:func:`.exact_ops.nearest_distance`).
 
     Args:
         bank_size: Most embeddings kept in the memory bank.
         chunk_size: Bank rows compared at once.
         description: What fills the bank, for the error raised while it is empty.
+        stages: Indices of the stages the embedding concatenates, at the resolution of the first (``None``: the two
+            deepest, PatchCore's choice). Finer stages give a finer map: see ``Ckaad(nearest_layers=...)``.
 
     Example:
         >>> nearest = NearestPatchMap(bank_size=64)
@@ -116,10 +118,15 @@ class NearestPatchMap(nn.Module):
     memory_bank: torch.Tensor
 
     def __init__(
-        self, bank_size: int = 16384, chunk_size: int = 2048, description: str = "the normal training images"
+        self,
+        bank_size: int = 16384,
+        chunk_size: int = 2048,
+        description: str = "the normal training images",
+        stages: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.bank_size, self.chunk_size, self.description = bank_size, chunk_size, description
+        self.stages = None if stages is None else list(stages)
         self.pool = nn.AvgPool2d(3, 1, 1)
         self.register_buffer("memory_bank", torch.zeros(0, 0))
 
@@ -130,7 +137,8 @@ class NearestPatchMap(nn.Module):
 
     def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(N, D, h, w)`` embedding of the used stages."""
-        pooled = [self.pool(f) for f in features[-2:]]
+        used = features[-2:] if self.stages is None else [features[i] for i in self.stages]
+        pooled = [self.pool(f) for f in used]
         size = pooled[0].shape[-2:]
         resized = [resize_bilinear(p, size) for p in pooled[1:]]
         return torch.cat([pooled[0], *resized], dim=1)

@@ -113,6 +113,9 @@ class Ckaad(AnomalibModule):
         ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's, 2 per stage for narrow backbones).
         fused_map: ``False`` (paper): the anomaly map is the reconstruction distance. ``True``: it is the fused
             score's map, each component's map standardised and weighted like the image score (needs a fused score).
+        nearest_layers: Stages of ``layers`` whose embedding the nearest-normal and coarse banks hold (``None``:
+            the two deepest, PatchCore's). With ``fused_map``, finer stages give a finer map (the model README's
+            pixel-level section); the banks' search then covers more positions per image.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -158,6 +161,7 @@ class Ckaad(AnomalibModule):
         ae_width: float = 1.0,
         ae_blocks: int | None = None,
         fused_map: bool = False,
+        nearest_layers: Sequence[str | int] | None = None,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -214,6 +218,7 @@ class Ckaad(AnomalibModule):
             ae_width=ae_width,
             ae_blocks=ae_blocks,
             fused_map=fused_map,
+            nearest_layers=nearest_layers,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0
@@ -469,6 +474,8 @@ class Ckaad(AnomalibModule):
                 target = anomalous.int()
                 aurocs = torch.stack([binary_auroc(self.model.fuse(all_scores.float(), w), target) for w in candidates])
                 weights = candidates[int(aurocs.argmax())]  # argmax: the first (smallest) best
+                chosen = ", ".join(f"{c}_weight={float(weights[self.model.components.index(c)]):g}" for c in auto)
+                logger.info("Ckaad chose %s on validation (image AUROC %.4f).", chosen, float(aurocs.max()))
             self.model.score_weights.copy_(self.trainer.strategy.broadcast(weights))
         return True
 

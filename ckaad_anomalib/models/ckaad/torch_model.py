@@ -111,6 +111,52 @@ def build_extractor(backbone: str, layers: Sequence[str | int], pre_trained: boo
     return extractor
 
 
+# Ckaad's weight argument of each score component
+WEIGHT_ARGUMENTS = {
+    "distance_weight": ScoreComponent.DISTANCE,
+    "energy_weight": ScoreComponent.ENERGY,
+    "knn_weight": ScoreComponent.NEAREST,
+    "coarse_weight": ScoreComponent.COARSE,
+}
+
+
+def score_weights(**arguments: float | str) -> tuple[dict[ScoreComponent, float], list[ScoreComponent]]:
+    """Validate the ``<component>_weight`` arguments; return every component's weight and those set to ``"auto"``.
+
+    An ``"auto"`` weight is 1 until the Lightning module chooses it on validation.
+
+    Raises:
+        ValueError: If a weight is negative, not a number, or ``"auto"`` where no choice is offered.
+    """
+    requested: dict[ScoreComponent, float | str] = {}
+    for name, weight in arguments.items():
+        component = WEIGHT_ARGUMENTS[name]
+        allowed = component in AUTO_WEIGHTS and weight == "auto"
+        if not allowed and (not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0):
+            also = " or 'auto'" if component in AUTO_WEIGHTS else ""
+            msg = f"{name}={weight!r} must be a number >= 0{also}."
+            raise ValueError(msg)
+        requested[component] = weight
+    weights = {c: 1.0 if w == "auto" else float(w) for c, w in requested.items()}
+    return weights, [c for c, w in requested.items() if w == "auto"]
+
+
+def nearest_stages(layers: Sequence[str | int], nearest_layers: Sequence[str | int] | None) -> list[int] | None:
+    """Indices in ``layers`` of ``nearest_layers`` (``None`` stays ``None``: the two deepest).
+
+    Raises:
+        ValueError: If ``nearest_layers`` is empty or names a stage that is not in ``layers``.
+    """
+    if nearest_layers is None:
+        return None
+    names = [str(layer) for layer in layers]
+    missing = [layer for layer in nearest_layers if str(layer) not in names]
+    if missing or not nearest_layers:
+        msg = f"nearest_layers={list(nearest_layers)} must be a non-empty subset of layers={list(layers)}."
+        raise ValueError(msg)
+    return sorted({names.index(str(layer)) for layer in nearest_layers})  # shallow first: the map's resolution
+
+
 class CkaadModel(nn.Module):
     """CKAAD network.
 
@@ -141,6 +187,8 @@ class CkaadModel(nn.Module):
         ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's counts).
         fused_map: The anomaly map is the fused score's map, ``Σ_c w_c · (map_c − μ_c) / σ_c`` with the image
             score's weights and statistics, instead of the reconstruction distance alone (needs a fused score).
+        nearest_layers: Stages of ``layers`` whose embedding the nearest-normal and coarse banks hold (``None``:
+            the two deepest, PatchCore's). Finer stages localise better: see the model README's pixel-level section.
 
     ``energy_weight`` and ``coarse_weight`` also take ``"auto"``: chosen from :data:`AUTO_WEIGHTS` on labelled
     validation images. With any weight but the paper's set, the image score is ``Σ_c w_c · z_c``, each component
@@ -180,6 +228,7 @@ class CkaadModel(nn.Module):
         ae_width: float = 1.0,
         ae_blocks: int | None = None,
         fused_map: bool = False,
+        nearest_layers: Sequence[str | int] | None = None,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -211,21 +260,12 @@ class CkaadModel(nn.Module):
             else None
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
-        arguments = {  # argument name: (component, weight)
-            "distance_weight": (ScoreComponent.DISTANCE, distance_weight),
-            "energy_weight": (ScoreComponent.ENERGY, energy_weight),
-            "knn_weight": (ScoreComponent.NEAREST, knn_weight),
-            "coarse_weight": (ScoreComponent.COARSE, coarse_weight),
-        }
-        for name, (component, weight) in arguments.items():
-            allowed = component in AUTO_WEIGHTS and weight == "auto"
-            if not allowed and (not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0):
-                also = " or 'auto'" if component in AUTO_WEIGHTS else ""
-                msg = f"{name}={weight!r} must be a number >= 0{also}."
-                raise ValueError(msg)
-        requested = dict(arguments.values())
-        self.auto_components = [c for c, w in requested.items() if w == "auto"]
-        weights = {c: 1.0 if w == "auto" else float(w) for c, w in requested.items()}  # auto: 1 until chosen
+        weights, self.auto_components = score_weights(
+            distance_weight=distance_weight,
+            energy_weight=energy_weight,
+            knn_weight=knn_weight,
+            coarse_weight=coarse_weight,
+        )
         if weights[ScoreComponent.ENERGY] > 0 and self.patch_discriminator is None:
             msg = (
                 f"energy_weight={energy_weight!r} needs a patch discriminator (discriminator 'patch' or 'both', "
@@ -242,10 +282,16 @@ class CkaadModel(nn.Module):
             msg = "every score weight is 0: keep distance_weight > 0 or give another component a weight."
             raise ValueError(msg)
         coarse = weights[ScoreComponent.COARSE] > 0
+        stages = nearest_stages(layers, nearest_layers)
+        if stages is not None and weights[ScoreComponent.NEAREST] == 0 and not coarse:
+            msg = f"nearest_layers={list(nearest_layers or [])} needs a memory bank: set knn_weight or coarse_weight."
+            raise ValueError(msg)
         # the coarse bank is selected by distance to the normal bank, so it needs one
-        self.nearest = NearestPatchMap(memory_bank_size) if weights[ScoreComponent.NEAREST] > 0 or coarse else None
+        self.nearest = (
+            NearestPatchMap(memory_bank_size, stages=stages) if weights[ScoreComponent.NEAREST] > 0 or coarse else None
+        )
         self.coarse = (
-            NearestPatchMap(memory_bank_size, description="the coarse anomalies of the training batches")
+            NearestPatchMap(memory_bank_size, description="the coarse anomalies of the training batches", stages=stages)
             if coarse
             else None
         )
