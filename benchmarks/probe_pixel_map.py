@@ -5,11 +5,12 @@ images fill a memory bank and each test position gets its distance to the neares
 score, :class:`~ckaad_anomalib.models.ckaad.anomaly_map.NearestPatchMap`). The probe varies what the map is made of:
 which stages the embedding concatenates (the two deepest, as PatchCore and ``knn_weight`` use, or finer ones), how
 the per-stage maps combine (one concatenated embedding, or a map per stage, summed or multiplied as STFPM does) and
-the Gaussian blur σ (anomalib's 4, or less). It prints pixel AUROC and AUPRO per map and texture, beside the
-numbers to beat. Pick a setting on one texture and check it on the others (never tune on the data you report).
+the Gaussian blur σ (anomalib's 4, or less). Images go through Ckaad's own reader and pre-processing. It prints
+pixel AUROC and AUPRO per map, σ and texture. Pick a setting on one texture and check it on the others (never
+tune on the data you report).
 
     HF_HUB_OFFLINE=1 python benchmarks/probe_pixel_map.py --root datasets/coarse_texture \
-        --categories brick grass gravel --out benchmarks/results/<date>/pixel_map_probe.md
+        --categories brick grass gravel --out benchmarks/results/<date>/probe.md
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from ckaad_anomalib import install_lite0_weights
+from ckaad_anomalib import Ckaad, install_lite0_weights
 from ckaad_anomalib.evaluation import aupro
+from ckaad_anomalib.image_io import read_image
 from ckaad_anomalib.models.ckaad.anomaly_map import AnomalyMapGenerator, NearestPatchMap
 from ckaad_anomalib.models.ckaad.exact_ops import resize_bilinear
 from ckaad_anomalib.models.ckaad.torch_model import build_extractor
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]  # stride 4, 8, 16: the stages Ckaad's configs reconstruct
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+BACKBONE = "tf_efficientnet_lite0"
 # map name: (stage indices, combination); "concat": one embedding of the stages (NearestPatchMap's), "sum"/"prod":
 # a nearest map per stage, upsampled to the input size, then added / multiplied (STFPM multiplies its layer maps)
 MAPS: dict[str, tuple[tuple[int, ...], str]] = {
@@ -45,12 +47,9 @@ MAPS: dict[str, tuple[tuple[int, ...], str]] = {
 
 
 def load(folder: Path, size: int) -> torch.Tensor:
-    """Images of ``folder`` (sorted), resized to ``size`` and ImageNet-normalised: ``(N, 3, size, size)``."""
-    images = [
-        torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32) / 255)
-        for p in sorted(folder.glob("*.png"))
-    ]
-    return (torch.stack(images).permute(0, 3, 1, 2) - MEAN) / STD
+    """Images of ``folder`` (sorted) through Ckaad's own reader and pre-processing: ``(N, 3, size, size)``."""
+    transform = Ckaad.configure_pre_processor((size, size), BACKBONE).transform
+    return torch.stack([transform(read_image(p, as_tensor=True)) for p in sorted(folder.glob("*.png"))])
 
 
 def load_test(category: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +103,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     install_lite0_weights()
-    torch.manual_seed(0)
-    extractor = build_extractor("tf_efficientnet_lite0", LAYERS, pre_trained=True).eval()
+    extractor = build_extractor(BACKBONE, LAYERS, pre_trained=True).eval()
     lines = [
-        f"tf_efficientnet_lite0 {LAYERS}, {args.size} px, bank {args.bank_size} (random subset), "
+        f"{BACKBONE} {LAYERS}, {args.size} px, bank {args.bank_size} (random subset), "
         "pixel AUROC / AUPRO over all test images",
         "",
         "| category | map | σ | pixel AUROC | AUPRO | s |",
