@@ -4,10 +4,12 @@ On the generated texture sets with masks, the frozen ``tf_efficientnet_lite0`` f
 images fill a memory bank and each test position gets its distance to the nearest bank embedding (PatchCore's patch
 score, :class:`~ckaad_anomalib.models.ckaad.anomaly_map.NearestPatchMap`). The probe varies what the map is made of:
 which stages the embedding concatenates (the two deepest, as PatchCore and ``knn_weight`` use, or finer ones), how
-the per-stage maps combine (one concatenated embedding, or a map per stage, summed or multiplied as STFPM does) and
-the Gaussian blur σ (anomalib's 4, or less). Images go through Ckaad's own reader and pre-processing. It prints
-pixel AUROC and AUPRO per map, σ and texture. Pick a setting on one texture and check it on the others (never
-tune on the data you report).
+the per-stage maps combine (one concatenated embedding, or a map per stage, summed or multiplied as STFPM does), the
+Gaussian blur σ (anomalib's 4, or less) and how the bank is kept (``--bank-size``, ``--sampling``). Images go through
+Ckaad's own reader and pre-processing (``--normalisation imagenet``: anomalib's default mean/std, the peers', instead
+of the backbone's own). It prints pixel AUROC and AUPRO per map, σ and texture, and with ``--elpv`` the image AUROC
+of each map's image score on ELPV (real data, no masks). Pick a setting on one texture and check it on the others
+(never tune on the data you report).
 
     HF_HUB_OFFLINE=1 python benchmarks/probe_pixel_map.py --root datasets/coarse_texture \
         --categories brick grass gravel --out benchmarks/results/<date>/probe.md
@@ -21,13 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from anomalib.models import AnomalibModule
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from torchvision.transforms.v2 import Transform
 
 from ckaad_anomalib import Ckaad, install_lite0_weights
+from ckaad_anomalib.data import ELPV
 from ckaad_anomalib.evaluation import aupro
 from ckaad_anomalib.image_io import read_image
-from ckaad_anomalib.models.ckaad.anomaly_map import AnomalyMapGenerator, NearestPatchMap
+from ckaad_anomalib.models.ckaad.anomaly_map import AnomalyMapGenerator, NearestPatchMap, image_score
 from ckaad_anomalib.models.ckaad.exact_ops import resize_bilinear
 from ckaad_anomalib.models.ckaad.torch_model import build_extractor
 
@@ -46,17 +51,23 @@ MAPS: dict[str, tuple[tuple[int, ...], str]] = {
 }
 
 
-def load(folder: Path, size: int) -> torch.Tensor:
-    """Images of ``folder`` (sorted) through Ckaad's own reader and pre-processing: ``(N, 3, size, size)``."""
-    transform = Ckaad.configure_pre_processor((size, size), BACKBONE).transform
+def pre_processing(size: int, normalisation: str) -> Transform:
+    """Ckaad's pre-processing (``"backbone"``: the weights' own mean/std) or anomalib's default (``"imagenet"``)."""
+    if normalisation == "backbone":
+        return Ckaad.configure_pre_processor((size, size), BACKBONE).transform
+    return AnomalibModule.configure_pre_processor((size, size)).transform
+
+
+def load(folder: Path, transform: Transform) -> torch.Tensor:
+    """Images of ``folder`` (sorted) through Ckaad's own reader and ``transform``: ``(N, 3, size, size)``."""
     return torch.stack([transform(read_image(p, as_tensor=True)) for p in sorted(folder.glob("*.png"))])
 
 
-def load_test(category: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test(category: Path, transform: Transform, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Test images and their masks (zeros for good images): ``(N, 3, s, s)``, ``(N, s, s)``."""
     images, masks = [], []
     for kind in sorted(p.name for p in (category / "test").iterdir()):
-        batch = load(category / "test" / kind, size)
+        batch = load(category / "test" / kind, transform)
         images.append(batch)
         if kind == "good":
             masks.append(torch.zeros(len(batch), size, size))
@@ -65,6 +76,16 @@ def load_test(category: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
             binary = [np.asarray(Image.open(f).convert("L").resize((size, size))) > 127 for f in files]
             masks.append(torch.from_numpy(np.stack(binary)).float())
     return torch.cat(images), torch.cat(masks)
+
+
+def load_elpv(module_type: str, transform: Transform) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """ELPV's normal training images, test images and test labels (the seed-0 split of the benchmark grids)."""
+    datamodule = ELPV(module_type=module_type, num_workers=0, seed=0)  # type: ignore[arg-type]
+    datamodule.setup()
+    normal = [item.image for item in datamodule.train_data if int(item.gt_label) == 0]
+    test = list(datamodule.test_data)
+    labels = np.array([int(item.gt_label) for item in test])
+    return transform(torch.stack(normal)), transform(torch.stack([item.image for item in test])), labels
 
 
 @torch.no_grad()
@@ -76,13 +97,19 @@ def features(extractor: torch.nn.Module, images: torch.Tensor, batch: int = 32) 
 
 @torch.no_grad()
 def probe_map(
-    train: list[torch.Tensor], test: list[torch.Tensor], stages: tuple[int, ...], how: str, bank_size: int, size: int
+    train: list[torch.Tensor],
+    test: list[torch.Tensor],
+    stages: tuple[int, ...],
+    how: str,
+    bank_size: int,
+    size: int,
+    sampling: str = "random",
 ) -> torch.Tensor:
     """``(N, 1, size, size)`` unblurred map of one :data:`MAPS` entry (Ckaad's own nearest-normal search)."""
     groups = [stages] if how == "concat" else [(s,) for s in stages]
     maps = []
     for group in groups:
-        nearest = NearestPatchMap(bank_size, stages=group)  # what Ckaad(nearest_layers=...) builds
+        nearest = NearestPatchMap(bank_size, stages=group, sampling=sampling)  # what Ckaad(nearest_layers=...) builds
         nearest.set_memory_bank(nearest.patches(train))
         maps.append(resize_bilinear(nearest(test), (size, size)))
     out = maps[0]
@@ -95,36 +122,67 @@ def main() -> None:
     """Print pixel AUROC / AUPRO of each map, σ and category."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("datasets/coarse_texture"))
-    parser.add_argument("--categories", nargs="+", default=["brick", "grass", "gravel"])
+    parser.add_argument("--categories", nargs="*", default=["brick", "grass", "gravel"])
+    parser.add_argument(
+        "--elpv",
+        nargs="*",
+        choices=["mono", "poly"],
+        default=[],
+        help="also ELPV (no masks): image AUROC of the map's image score (Ckaad's top-100 mean of the blurred map)",
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--bank-size", type=int, default=16384)
+    parser.add_argument("--sampling", choices=["random", "coreset"], default="random", help="how the bank is kept")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[4.0, 2.0, 1.0])
     parser.add_argument("--maps", nargs="+", default=list(MAPS), choices=list(MAPS))
+    parser.add_argument(
+        "--normalisation",
+        choices=["backbone", "imagenet"],
+        default="backbone",
+        help="mean/std: the backbone weights' own (Ckaad's) or ImageNet's (anomalib's default, the peers')",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     install_lite0_weights()
     extractor = build_extractor(BACKBONE, LAYERS, pre_trained=True).eval()
     lines = [
-        f"{BACKBONE} {LAYERS}, {args.size} px, bank {args.bank_size} (random subset), "
+        f"{BACKBONE} {LAYERS}, {args.size} px, {args.normalisation} mean/std, bank {args.bank_size} ({args.sampling}), "
         "pixel AUROC / AUPRO over all test images",
         "",
-        "| category | map | σ | pixel AUROC | AUPRO | s |",
+        "| category | map | σ | pixel AUROC | AUPRO | s (bank + search) |",
         "|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for category in args.categories:
-        train = features(extractor, load(args.root / category / "train" / "good", args.size))
-        images, masks = load_test(args.root / category, args.size)
+        transform = pre_processing(args.size, args.normalisation)
+        train = features(extractor, load(args.root / category / "train" / "good", transform))
+        images, masks = load_test(args.root / category, transform, args.size)
         test = features(extractor, images)
         for name in args.maps:
             start = time.perf_counter()
-            raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size)
+            raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size, args.sampling)
             seconds = time.perf_counter() - start
             for sigma in args.sigmas:
                 smooth = AnomalyMapGenerator(sigma).blur(raw) if sigma > 0 else raw
                 auroc = roc_auc_score(masks.flatten().numpy(), smooth.flatten().numpy())
                 pro = aupro(smooth[:, 0], masks)
                 line = f"| {category} | {name} | {sigma:g} | {auroc:.4f} | {pro:.4f} | {seconds:.0f} |"
+                lines.append(line)
+                print(line, flush=True)
+    if args.elpv:
+        lines += ["", "| ELPV | map | σ | image AUROC | s (bank + search) |", "|---|---|---|---|---|"]
+        print("\n".join(lines[-3:]), flush=True)
+    for module_type in args.elpv:
+        normal, images, labels = load_elpv(module_type, pre_processing(args.size, args.normalisation))
+        train, test = features(extractor, normal), features(extractor, images)
+        for name in args.maps:
+            start = time.perf_counter()
+            raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size, args.sampling)
+            seconds = time.perf_counter() - start
+            for sigma in args.sigmas:
+                smooth = AnomalyMapGenerator(sigma).blur(raw) if sigma > 0 else raw
+                auroc = roc_auc_score(labels, image_score(smooth).numpy())
+                line = f"| {module_type} | {name} | {sigma:g} | {auroc:.4f} | {seconds:.0f} |"
                 lines.append(line)
                 print(line, flush=True)
     if args.out:

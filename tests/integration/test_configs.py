@@ -113,11 +113,21 @@ def test_synthetic_source_config_on_mvtec_layout(mvtec_root: Path, lite0_weights
 
 
 @pytest.mark.slow
-def test_fine_map_config_localises_through_the_cli(mvtec_root: Path, lite0_weights: Path, tmp_path: Path) -> None:
-    """The localisation config trains from the CLI with its stride-4 + stride-8 banks and scores a fused map that
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ckaad_texture_lite0_coarse_knn_fine.yaml",
+        # the same path with coreset banks; under `long` to keep the default suite's time (.ci/run runs it)
+        pytest.param("ckaad_texture_lite0_coarse_knn_fine_coreset.yaml", marks=pytest.mark.long),
+    ],
+)
+def test_fine_map_config_localises_through_the_cli(
+    name: str, mvtec_root: Path, lite0_weights: Path, tmp_path: Path
+) -> None:
+    """The localisation configs train from the CLI with their stride-4 + stride-8 banks and score a fused map that
     finds the generated defects (lite0's ImageNet features; one epoch fills the banks)."""
     del lite0_weights
-    config = Path(__file__).parents[2] / "configs" / "ckaad_texture_lite0_coarse_knn_fine.yaml"
+    config = Path(__file__).parents[2] / "configs" / name
     args = ["--trainer.max_epochs", "1", "--data.init_args.datamodule.init_args.root", str(mvtec_root)]
     proc = run_cli(["anomalib", "train", "--config", str(config), *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -229,6 +229,29 @@ def test_nearest_layers_choose_the_banks_stages_and_so_the_maps_resolution(seede
         CkaadModel(**resnet, nearest_layers=["layer1"])  # type: ignore[arg-type]
 
 
+def test_coreset_bank_covers_the_embeddings_that_a_random_subset_of_its_size_misses(seeded: None) -> None:
+    # 990 rows in a tight cluster and 10 outliers far from it and from each other: a random 40-row subset keeps
+    # about 0.4 of the outliers, PatchCore's greedy k-center coreset takes each (farther than any cluster row)
+    cluster = torch.randn(990, 8) * 0.01
+    outliers = 10.0 * torch.arange(1, 11, dtype=torch.float32)[:, None].expand(10, 8)
+    rows = torch.cat([cluster, outliers])
+    kwargs = {**RESNET18, "input_size": (64, 64), "discriminator": None, "knn_weight": 0.5, "memory_bank_size": 40}
+    radius = {}
+    for sampling in ("random", "coreset"):
+        model = CkaadModel(**kwargs, memory_bank_sampling=sampling)  # type: ignore[arg-type]
+        assert model.nearest is not None
+        model.nearest.set_memory_bank(rows)
+        bank = model.nearest.memory_bank
+        assert bank.shape == (40, 8)
+        radius[sampling] = torch.cdist(rows, bank).min(dim=1).values.max().item()  # the farthest row's distance
+        model.nearest.set_memory_bank(rows)  # seeded: every DDP rank keeps the same rows
+        torch.testing.assert_close(model.nearest.memory_bank, bank)
+    assert radius["coreset"] < 0.2
+    assert radius["random"] > 10
+    with pytest.raises(ValueError, match=r"memory_bank_sampling='kmeans' must be one of \['random', 'coreset'\]"):
+        CkaadModel(**kwargs, memory_bank_sampling="kmeans")  # type: ignore[arg-type]
+
+
 def test_coarse_closeness_scores_patches_near_a_labelled_defect_higher(seeded: None) -> None:
     model = CkaadModel(**RESNET18, input_size=(64, 64), distance_weight=0, knn_weight=1, coarse_weight="auto")
     assert model.components == ["nearest", "coarse"]

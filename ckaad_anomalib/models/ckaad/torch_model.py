@@ -18,7 +18,7 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator, NearestPatchMap, ScoreMode, image_score
+from .anomaly_map import AnomalyMapGenerator, BankSampling, NearestPatchMap, ScoreMode, image_score
 from .autoencoder import FeatureAutoEncoder
 from .discriminator import ImageEnergyDiscriminator, PatchEnergyDiscriminator
 
@@ -183,6 +183,7 @@ class CkaadModel(nn.Module):
             image-level label says some region is defective, not which).
         coarse_fraction: Part of each coarse anomaly's positions that enter the coarse bank.
         memory_bank_size: Most embeddings each bank keeps.
+        memory_bank_sampling: How a bank keeps them: ``"random"`` subset or PatchCore's greedy ``"coreset"``.
         ae_width: Width multiplier of the auto-encoder (1: the paper's).
         ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's counts).
         fused_map: The anomaly map is the fused score's map, ``Σ_c w_c · (map_c − μ_c) / σ_c`` with the image
@@ -222,6 +223,7 @@ class CkaadModel(nn.Module):
         energy_weight: float | str = 0.0,
         knn_weight: float = 0.0,
         memory_bank_size: int = 16384,
+        memory_bank_sampling: BankSampling | str = BankSampling.RANDOM,
         distance_weight: float = 1.0,
         coarse_weight: float | str = 0.0,
         coarse_fraction: float = 0.1,
@@ -287,11 +289,22 @@ class CkaadModel(nn.Module):
             msg = f"nearest_layers={list(nearest_layers or [])} needs a memory bank: set knn_weight or coarse_weight."
             raise ValueError(msg)
         # the coarse bank is selected by distance to the normal bank, so it needs one
+        if memory_bank_sampling not in set(BankSampling):
+            msg = f"memory_bank_sampling={memory_bank_sampling!r} must be one of {[str(m) for m in BankSampling]}."
+            raise ValueError(msg)
+        sampling = BankSampling(memory_bank_sampling)
         self.nearest = (
-            NearestPatchMap(memory_bank_size, stages=stages) if weights[ScoreComponent.NEAREST] > 0 or coarse else None
+            NearestPatchMap(memory_bank_size, stages=stages, sampling=sampling)
+            if weights[ScoreComponent.NEAREST] > 0 or coarse
+            else None
         )
         self.coarse = (
-            NearestPatchMap(memory_bank_size, description="the coarse anomalies of the training batches", stages=stages)
+            NearestPatchMap(
+                memory_bank_size,
+                description="the coarse anomalies of the training batches",
+                stages=stages,
+                sampling=sampling,
+            )
             if coarse
             else None
         )
