@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,18 @@ def probe_map(
     return out
 
 
+def blurred_maps(
+    train: list[torch.Tensor], test: list[torch.Tensor], args: argparse.Namespace
+) -> Iterator[tuple[str, float, torch.Tensor, float]]:
+    """``(map name, σ, blurred map, seconds of bank + search)`` for each of ``args.maps`` and ``args.sigmas``."""
+    for name in args.maps:
+        start = time.perf_counter()
+        raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size, args.sampling)
+        seconds = time.perf_counter() - start
+        for sigma in args.sigmas:
+            yield name, sigma, AnomalyMapGenerator(sigma).blur(raw) if sigma > 0 else raw, seconds
+
+
 def main() -> None:
     """Print pixel AUROC / AUPRO of each map, σ and category."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,33 +171,21 @@ def main() -> None:
         train = features(extractor, load(args.root / category / "train" / "good", transform))
         images, masks = load_test(args.root / category, transform, args.size)
         test = features(extractor, images)
-        for name in args.maps:
-            start = time.perf_counter()
-            raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size, args.sampling)
-            seconds = time.perf_counter() - start
-            for sigma in args.sigmas:
-                smooth = AnomalyMapGenerator(sigma).blur(raw) if sigma > 0 else raw
-                auroc = roc_auc_score(masks.flatten().numpy(), smooth.flatten().numpy())
-                pro = aupro(smooth[:, 0], masks)
-                line = f"| {category} | {name} | {sigma:g} | {auroc:.4f} | {pro:.4f} | {seconds:.0f} |"
-                lines.append(line)
-                print(line, flush=True)
+        for name, sigma, smooth, seconds in blurred_maps(train, test, args):
+            auroc = roc_auc_score(masks.flatten().numpy(), smooth.flatten().numpy())
+            pro = aupro(smooth[:, 0], masks)
+            lines.append(f"| {category} | {name} | {sigma:g} | {auroc:.4f} | {pro:.4f} | {seconds:.0f} |")
+            print(lines[-1], flush=True)
     if args.elpv:
         lines += ["", "| ELPV | map | σ | image AUROC | s (bank + search) |", "|---|---|---|---|---|"]
         print("\n".join(lines[-3:]), flush=True)
     for module_type in args.elpv:
         normal, images, labels = load_elpv(module_type, pre_processing(args.size, args.normalisation))
         train, test = features(extractor, normal), features(extractor, images)
-        for name in args.maps:
-            start = time.perf_counter()
-            raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size, args.sampling)
-            seconds = time.perf_counter() - start
-            for sigma in args.sigmas:
-                smooth = AnomalyMapGenerator(sigma).blur(raw) if sigma > 0 else raw
-                auroc = roc_auc_score(labels, image_score(smooth).numpy())
-                line = f"| {module_type} | {name} | {sigma:g} | {auroc:.4f} | {seconds:.0f} |"
-                lines.append(line)
-                print(line, flush=True)
+        for name, sigma, smooth, seconds in blurred_maps(train, test, args):
+            auroc = roc_auc_score(labels, image_score(smooth).numpy())
+            lines.append(f"| {module_type} | {name} | {sigma:g} | {auroc:.4f} | {seconds:.0f} |")
+            print(lines[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
