@@ -279,6 +279,9 @@ class CkaadModel(nn.Module):
                 f"memory_bank_size={memory_bank_size!r} must be >= 1 and coarse_fraction={coarse_fraction!r} in (0, 1]."
             )
             raise ValueError(msg)
+        if memory_bank_sampling not in set(BankSampling):
+            msg = f"memory_bank_sampling={memory_bank_sampling!r} must be one of {[str(m) for m in BankSampling]}."
+            raise ValueError(msg)
         self.components = [c for c, w in weights.items() if w > 0]
         if not self.components:
             msg = "every score weight is 0: keep distance_weight > 0 or give another component a weight."
@@ -289,12 +292,8 @@ class CkaadModel(nn.Module):
             msg = f"nearest_layers={list(nearest_layers or [])} needs a memory bank: set knn_weight or coarse_weight."
             raise ValueError(msg)
         # the coarse bank is selected by distance to the normal bank, so it needs one
-        if memory_bank_sampling not in set(BankSampling):
-            msg = f"memory_bank_sampling={memory_bank_sampling!r} must be one of {[str(m) for m in BankSampling]}."
-            raise ValueError(msg)
-        sampling = BankSampling(memory_bank_sampling)
         self.nearest = (
-            NearestPatchMap(memory_bank_size, stages=stages, sampling=sampling)
+            NearestPatchMap(memory_bank_size, stages=stages, sampling=memory_bank_sampling)
             if weights[ScoreComponent.NEAREST] > 0 or coarse
             else None
         )
@@ -303,7 +302,7 @@ class CkaadModel(nn.Module):
                 memory_bank_size,
                 description="the coarse anomalies of the training batches",
                 stages=stages,
-                sampling=sampling,
+                sampling=memory_bank_sampling,
             )
             if coarse
             else None
