@@ -161,7 +161,12 @@ def export_int8_with_own_thresholds(
     training = module.training
     datamodule.setup("fit")
     loader = datamodule.val_dataloader()
-    fp32: dict[str, list[torch.Tensor]] = {"pred_score": [], "anomaly_map": []}
+    # FP32's values are kept only where there is a threshold to match: without masks anomalib leaves the pixel one
+    # NaN (and falls back to the image threshold), so FP32's maps would be held for nothing
+    levels = {"pred_score": "image", "anomaly_map": "pixel"}
+    fp32: dict[str, list[torch.Tensor]] = {
+        key: [] for key, level in levels.items() if not torch.isnan(fp32_statistics[f"_{level}_threshold"])
+    }
     int8: dict[str, list[torch.Tensor]] = {"pred_score": [], "anomaly_map": []}
     try:
         with TemporaryDirectory() as raw_root:
@@ -173,17 +178,18 @@ def export_int8_with_own_thresholds(
                 with torch.no_grad():
                     eager = module(batch.image)
                 out = detector.infer(batch.image.numpy())
+                for key, values in int8.items():
+                    values.append(torch.from_numpy(out[key]).flatten())
                 for key, values in fp32.items():
                     values.append(getattr(eager, key).flatten())
-                    int8[key].append(torch.from_numpy(out[key]).flatten())
         post_processor.enable_normalization, post_processor.enable_thresholding = flags
-        scores = {key: (torch.cat(fp32[key]), torch.cat(int8[key])) for key in fp32}
-        for key, level in (("pred_score", "image"), ("anomaly_map", "pixel")):  # anomalib's MinMax, on INT8's values
-            getattr(post_processor, f"{level}_min").fill_(scores[key][1].min())
-            getattr(post_processor, f"{level}_max").fill_(scores[key][1].max())
-            reference_threshold = fp32_statistics[f"_{level}_threshold"]
-            if not torch.isnan(reference_threshold):  # no pixel threshold without masks: anomalib falls back
-                threshold = matched_threshold(scores[key][0], float(reference_threshold), scores[key][1])
+        for key, level in levels.items():  # anomalib's MinMax, on INT8's values
+            own = torch.cat(int8[key])
+            getattr(post_processor, f"{level}_min").fill_(own.min())
+            getattr(post_processor, f"{level}_max").fill_(own.max())
+            if key in fp32:
+                reference_threshold = float(fp32_statistics[f"_{level}_threshold"])
+                threshold = matched_threshold(torch.cat(fp32[key]), reference_threshold, own)
                 getattr(post_processor, f"_{level}_threshold").fill_(threshold)
         logger.info(
             "INT8 threshold from its own scores on %d validation images: %.4f (FP32: %.4f), flagging as many of them.",
