@@ -24,7 +24,8 @@ feature convolutions.
     python benchmarks/inference_speed.py --backbones tf_efficientnet_lite0 --batches 1 --size 128 --slim 0.5 0.25:1
 
 Prints images/s, p50/p95 latency per batch, the CKAAD / backbone latency ratio, the issue's targets and (with
-``--peers``) each peer's latency beside Ckaad's.
+``--peers``) each peer's latency beside Ckaad's. The graphs of one runtime are timed in turns (one call each per
+round, :func:`measure_interleaved`), so that their ratios do not carry the machine's drift between minutes.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ BACKBONES = {
 }
 SIZE = 256
 CORE = ov.Core()
+RUNTIMES = ("torch eager", "OpenVINO FP32", "OpenVINO INT8")
 
 
 class Pipeline(nn.Module):
@@ -97,17 +99,36 @@ def cpu_name() -> str:
 
 def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, iters: int, warmup: int) -> dict[str, float]:
     """Latency statistics of ``run(batch)`` over ``iters`` timed calls after ``warmup`` untimed ones."""
+    return measure_interleaved({"run": run}, batch, iters, warmup)["run"]
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[np.ndarray], object]], batch: np.ndarray, iters: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    """Latency statistics of each of ``runs`` on ``batch``, timed in turns: each round calls every run once.
+
+    On this shared 2-core VM the speed of the machine drifts by up to ~1.9× between minutes; timed one after the
+    other, two graphs' ratio carries that drift, timed in turns it does not.
+    """
     for _ in range(warmup):
-        run(batch)
-    times = []
+        for run in runs.values():
+            run(batch)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(iters):
-        start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    p50 = statistics.median(times)
-    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return {"ips": len(batch) / statistics.mean(times), "p50_ms": 1e3 * p50, "p95_ms": 1e3 * p95}
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(batch)
+            times[name].append(time.perf_counter() - start)
+    stats = {}
+    for name, taken in times.items():
+        taken.sort()
+        p95 = taken[min(len(taken) - 1, round(0.95 * (len(taken) - 1)))]
+        stats[name] = {
+            "ips": len(batch) / statistics.mean(taken),
+            "p50_ms": 1e3 * statistics.median(taken),
+            "p95_ms": 1e3 * p95,
+        }
+    return stats
 
 
 def build_ckaad(backbone: str, size: int, **kwargs: Any) -> Ckaad:  # noqa: ANN401
@@ -251,9 +272,7 @@ def report(rows: list[dict], backbones: list[str], batches: list[int]) -> None:
     for backbone in backbones:
         if 1 not in batches:
             break
-        eager, fp32, int8 = (
-            index[(backbone, 1, "ckaad", r)] for r in ("torch eager", "OpenVINO FP32", "OpenVINO INT8")
-        )
+        eager, fp32, int8 = (index[(backbone, 1, "ckaad", r)] for r in RUNTIMES)
         floor32 = index[(backbone, 1, "backbone", "OpenVINO FP32")]
         checks = [
             ("OpenVINO FP32 >= 2x torch eager img/s", fp32["ips"] / eager["ips"], 2.0),
@@ -295,24 +314,25 @@ def main() -> None:
         with model.model.inference_only():
             for batch_size in args.batches:
                 batch = np.random.default_rng(0).random((batch_size, 3, args.size, args.size), dtype=np.float32)
+                runners: dict[tuple[str, str], Callable[[np.ndarray], object] | None] = {}
                 for name, graph in graphs.items():
-                    runners: dict[str, Callable[[np.ndarray], object] | None] = {}
 
                     def eager(x: np.ndarray, graph: nn.Module = graph) -> object:
                         with torch.inference_mode():
                             return graph(torch.from_numpy(x))
 
-                    runners["torch eager"] = eager
-                    runners["OpenVINO FP32"] = openvino_runner(graph, batch_size, None, workdir, args.size)
+                    runners[name, "torch eager"] = eager
+                    runners[name, "OpenVINO FP32"] = openvino_runner(graph, batch_size, None, workdir, args.size)
                     whole = name not in {"ckaad", "backbone"}
-                    runners["OpenVINO INT8"] = openvino_runner(
+                    runners[name, "OpenVINO INT8"] = openvino_runner(
                         graph, batch_size, calibration, workdir, args.size, whole
                     )
-                    for runtime, run in runners.items():
-                        if run is None:
-                            print(f"{backbone} b{batch_size} {name:20s} {runtime:14s} not measured: compiling crashed")
-                            continue
-                        stats = measure(run, batch, args.iters, args.warmup)
+                for (name, runtime), run in runners.items():
+                    if run is None:
+                        print(f"{backbone} b{batch_size} {name:20s} {runtime:14s} not measured: compiling crashed")
+                for runtime in RUNTIMES:  # every graph of one runtime timed in turns, so their ratios share a period
+                    runs = {name: run for (name, rt), run in runners.items() if rt == runtime and run is not None}
+                    for name, stats in measure_interleaved(runs, batch, args.iters, args.warmup).items():
                         rows.append(
                             {"backbone": backbone, "batch": batch_size, "graph": name, "runtime": runtime, **stats}
                         )
