@@ -8,8 +8,9 @@ the per-stage maps combine (one concatenated embedding, or a map per stage, summ
 Gaussian blur σ (anomalib's 4, or less) and how the bank is kept (``--bank-size``, ``--sampling``). Images go through
 Ckaad's own reader and pre-processing (``--normalisation imagenet``: anomalib's default mean/std, the peers', instead
 of the backbone's own). It prints pixel AUROC and AUPRO per map, σ and texture, and with ``--elpv`` the image AUROC
-of each map's image score on ELPV (real data, no masks). Pick a setting on one texture and check it on the others
-(never tune on the data you report).
+of each map's image score on ELPV (real data, no masks). ``--scale stage`` first gives each stage the same mean
+feature norm on the training images, ``--scale position`` makes every feature vector a unit vector (:func:`rescale`).
+Pick a setting on one texture and check it on the others (never tune on the data you report).
 
     HF_HUB_OFFLINE=1 python benchmarks/probe_pixel_map.py --root datasets/coarse_texture \
         --categories brick grass gravel --out benchmarks/results/<date>/probe.md
@@ -96,6 +97,26 @@ def features(extractor: torch.nn.Module, images: torch.Tensor, batch: int = 32) 
     return [torch.cat(stage) for stage in zip(*parts, strict=True)]
 
 
+def rescale(
+    train: list[torch.Tensor], test: list[torch.Tensor], how: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Scale the features before the embedding: ``"none"``, ``"stage"`` or ``"position"``.
+
+    ``"stage"`` divides each stage by its mean per-position L2 norm over the training features: in a concatenated
+    embedding the stage with the larger activations dominates the Euclidean distance, this gives every stage the
+    same typical norm. ``"position"`` divides every position of every stage by its own norm (unit vectors, so the
+    distance compares directions, as STFPM's cosine does). No labels are used.
+    """
+    if how == "none":
+        return train, test
+    if how == "position":
+        return [torch.nn.functional.normalize(f, dim=1) for f in train], [
+            torch.nn.functional.normalize(f, dim=1) for f in test
+        ]
+    scales = [f.norm(dim=1).mean() for f in train]
+    return [f / s for f, s in zip(train, scales, strict=True)], [f / s for f, s in zip(test, scales, strict=True)]
+
+
 @torch.no_grad()
 def probe_map(
     train: list[torch.Tensor],
@@ -154,12 +175,16 @@ def main() -> None:
         default="backbone",
         help="mean/std: the backbone weights' own (Ckaad's) or ImageNet's (anomalib's default, the peers')",
     )
+    parser.add_argument(
+        "--scale", choices=["none", "stage", "position"], default="none", help="feature scaling first (rescale())"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     install_lite0_weights()
     extractor = build_extractor(BACKBONE, LAYERS, pre_trained=True).eval()
     lines = [
         f"{BACKBONE} {LAYERS}, {args.size} px, {args.normalisation} mean/std, bank {args.bank_size} ({args.sampling}), "
+        f"feature scaling {args.scale}, "
         "pixel AUROC / AUPRO over all test images",
         "",
         "| category | map | σ | pixel AUROC | AUPRO | s (bank + search) |",
@@ -170,7 +195,7 @@ def main() -> None:
         transform = pre_processing(args.size, args.normalisation)
         train = features(extractor, load(args.root / category / "train" / "good", transform))
         images, masks = load_test(args.root / category, transform, args.size)
-        test = features(extractor, images)
+        train, test = rescale(train, features(extractor, images), args.scale)
         for name, sigma, smooth, seconds in blurred_maps(train, test, args):
             auroc = roc_auc_score(masks.flatten().numpy(), smooth.flatten().numpy())
             pro = aupro(smooth[:, 0], masks)
@@ -181,7 +206,7 @@ def main() -> None:
         print("\n".join(lines[-3:]), flush=True)
     for module_type in args.elpv:
         normal, images, labels = load_elpv(module_type, pre_processing(args.size, args.normalisation))
-        train, test = features(extractor, normal), features(extractor, images)
+        train, test = rescale(features(extractor, normal), features(extractor, images), args.scale)
         for name, sigma, smooth, seconds in blurred_maps(train, test, args):
             auroc = roc_auc_score(labels, image_score(smooth).numpy())
             lines.append(f"| {module_type} | {name} | {sigma:g} | {auroc:.4f} | {seconds:.0f} |")

@@ -229,6 +229,24 @@ def test_nearest_layers_choose_the_banks_stages_and_so_the_maps_resolution(seede
         CkaadModel(**resnet, nearest_layers=["layer1"])  # type: ignore[arg-type]
 
 
+def test_nearest_normalize_compares_the_features_directions_not_their_magnitudes(seeded: None) -> None:
+    kwargs = {**RESNET18, "input_size": (64, 64), "discriminator": None, "knn_weight": 1.0, "memory_bank_size": 512}
+    features = CkaadModel(**kwargs).extract(torch.randn(2, 3, 64, 64))  # type: ignore[arg-type]
+    # every position of every stage stretched by its own positive factor: same directions, other magnitudes
+    stretched = [f * (1 + 4 * torch.rand(len(f), 1, *f.shape[-2:])) for f in features]
+    farthest = {}
+    for normalize in (False, True):
+        model = CkaadModel(**kwargs, nearest_normalize=normalize)  # type: ignore[arg-type]
+        assert model.nearest is not None
+        model.nearest.set_memory_bank(model.nearest.patches(features))  # 2 × 8 × 8 rows: the whole bank
+        farthest[normalize] = model.nearest(stretched).max().item()
+        assert model.nearest(features).max().item() < 1e-2  # each query is in the bank either way
+    assert farthest[True] < 1e-2  # unit vectors: the stretched features are the bank's own
+    assert farthest[False] > 1.0
+    with pytest.raises(ValueError, match="nearest_normalize=True needs a memory bank: set knn_weight or coarse_weight"):
+        CkaadModel(**RESNET18, input_size=(64, 64), nearest_normalize=True)  # type: ignore[arg-type]
+
+
 def test_coreset_bank_covers_the_embeddings_that_a_random_subset_of_its_size_misses(seeded: None) -> None:
     # 990 rows in a tight cluster and 10 outliers far from it and from each other: a random 40-row subset keeps
     # about 0.4 of the outliers, PatchCore's greedy k-center coreset takes each (farther than any cluster row)

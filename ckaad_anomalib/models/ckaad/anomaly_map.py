@@ -20,7 +20,7 @@ import torch
 from anomalib.models.components.filters.blur import compute_kernel_size
 from torch import nn
 
-from .exact_ops import SeparableGaussianBlur, cosine_distance, nearest_distance, resize_bilinear
+from .exact_ops import SeparableGaussianBlur, cosine_distance, l2_normalize, nearest_distance, resize_bilinear
 
 
 class ScoreMode(StrEnum):
@@ -150,6 +150,8 @@ class NearestPatchMap(nn.Module):
         stages: Indices of the stages the embedding concatenates, at the resolution of the first (``None``: the two
             deepest, PatchCore's choice). Finer stages give a finer map: see ``Ckaad(nearest_layers=...)``.
         sampling: How the bank keeps ``bank_size`` of more embeddings: ``"random"`` or ``"coreset"``.
+        normalize: L2-normalise each stage's feature vector at every position before pooling, so that distances
+            compare the features' directions (as STFPM's cosine does) and not their magnitudes.
 
     Example:
         >>> nearest = NearestPatchMap(bank_size=128)  # room for all 2 × 8 × 8 positions
@@ -168,10 +170,12 @@ class NearestPatchMap(nn.Module):
         description: str = "the normal training images",
         stages: Sequence[int] | None = None,
         sampling: BankSampling | str = BankSampling.RANDOM,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.bank_size, self.chunk_size, self.description = bank_size, chunk_size, description
         self.sampling = BankSampling(sampling)
+        self.normalize = normalize
         self.stages = None if stages is None else list(stages)
         self.pool = nn.AvgPool2d(3, 1, 1)
         self.register_buffer("memory_bank", torch.zeros(0, 0))
@@ -184,6 +188,8 @@ class NearestPatchMap(nn.Module):
     def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(N, D, h, w)`` embedding of the used stages."""
         used = features[-2:] if self.stages is None else [features[i] for i in self.stages]
+        if self.normalize:
+            used = [l2_normalize(f) for f in used]
         pooled = [self.pool(f) for f in used]
         size = pooled[0].shape[-2:]
         resized = [resize_bilinear(p, size) for p in pooled[1:]]

@@ -119,6 +119,9 @@ class Ckaad(AnomalibModule):
         nearest_layers: Stages of ``layers`` whose embedding the nearest-normal and coarse banks hold (``None``:
             the two deepest, PatchCore's). With ``fused_map``, finer stages give a finer map (the model README's
             pixel-level section); the banks' search then covers more positions per image.
+        nearest_normalize: ``False`` (PatchCore's): the banks compare the features as extracted. ``True``: each
+            stage's feature vectors are L2-normalised first, so the distances compare directions (as STFPM's
+            cosine does); measured to localise better on the texture sets (model README, pixel-level section).
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -166,6 +169,7 @@ class Ckaad(AnomalibModule):
         ae_blocks: int | None = None,
         fused_map: bool = False,
         nearest_layers: Sequence[str | int] | None = None,
+        nearest_normalize: bool = False,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -224,6 +228,7 @@ class Ckaad(AnomalibModule):
             ae_blocks=ae_blocks,
             fused_map=fused_map,
             nearest_layers=nearest_layers,
+            nearest_normalize=nearest_normalize,
         )
         self.max_epochs = max_epochs
         self._batches_without_normals = 0

@@ -111,6 +111,19 @@ def build_extractor(backbone: str, layers: Sequence[str | int], pre_trained: boo
     return extractor
 
 
+def check_bank_options(nearest_layers: Sequence[str | int] | None, nearest_normalize: bool, has_bank: bool) -> None:
+    """Refuse options of the memory banks when no score component keeps a bank (they would do nothing).
+
+    Raises:
+        ValueError: Naming the options given and the weights that create a bank.
+    """
+    given = [f"nearest_layers={list(nearest_layers)}"] if nearest_layers is not None else []
+    given += ["nearest_normalize=True"] if nearest_normalize else []
+    if given and not has_bank:
+        msg = f"{' and '.join(given)} needs a memory bank: set knn_weight or coarse_weight."
+        raise ValueError(msg)
+
+
 # Ckaad's weight argument of each score component
 WEIGHT_ARGUMENTS = {
     "distance_weight": ScoreComponent.DISTANCE,
@@ -190,6 +203,8 @@ class CkaadModel(nn.Module):
             score's weights and statistics, instead of the reconstruction distance alone (needs a fused score).
         nearest_layers: Stages of ``layers`` whose embedding the nearest-normal and coarse banks hold (``None``:
             the two deepest, PatchCore's). Finer stages localise better: see the model README's pixel-level section.
+        nearest_normalize: The banks' embedding L2-normalises each stage's feature vectors first (directions, not
+            magnitudes, as STFPM compares them; :class:`NearestPatchMap`).
 
     ``energy_weight`` and ``coarse_weight`` also take ``"auto"``: chosen from :data:`AUTO_WEIGHTS` on labelled
     validation images. With any weight but the paper's set, the image score is ``Σ_c w_c · z_c``, each component
@@ -231,6 +246,7 @@ class CkaadModel(nn.Module):
         ae_blocks: int | None = None,
         fused_map: bool = False,
         nearest_layers: Sequence[str | int] | None = None,
+        nearest_normalize: bool = False,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -288,12 +304,10 @@ class CkaadModel(nn.Module):
             raise ValueError(msg)
         coarse = weights[ScoreComponent.COARSE] > 0
         stages = nearest_stages(layers, nearest_layers)
-        if stages is not None and weights[ScoreComponent.NEAREST] == 0 and not coarse:
-            msg = f"nearest_layers={list(nearest_layers or [])} needs a memory bank: set knn_weight or coarse_weight."
-            raise ValueError(msg)
+        check_bank_options(nearest_layers, nearest_normalize, weights[ScoreComponent.NEAREST] > 0 or coarse)
         # the coarse bank is selected by distance to the normal bank, so it needs one
         self.nearest = (
-            NearestPatchMap(memory_bank_size, stages=stages, sampling=memory_bank_sampling)
+            NearestPatchMap(memory_bank_size, stages=stages, sampling=memory_bank_sampling, normalize=nearest_normalize)
             if weights[ScoreComponent.NEAREST] > 0 or coarse
             else None
         )
@@ -303,6 +317,7 @@ class CkaadModel(nn.Module):
                 description="the coarse anomalies of the training batches",
                 stages=stages,
                 sampling=memory_bank_sampling,
+                normalize=nearest_normalize,
             )
             if coarse
             else None
