@@ -100,19 +100,16 @@ def features(extractor: torch.nn.Module, images: torch.Tensor, batch: int = 32) 
 def rescale(
     train: list[torch.Tensor], test: list[torch.Tensor], how: str
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Scale the features before the embedding: ``"none"``, ``"stage"`` or ``"position"``.
+    """Scale the features before the embedding (``--scale``): only ``"stage"`` changes them here.
 
     ``"stage"`` divides each stage by its mean per-position L2 norm over the training features: in a concatenated
     embedding the stage with the larger activations dominates the Euclidean distance, this gives every stage the
-    same typical norm. ``"position"`` divides every position of every stage by its own norm (unit vectors, so the
-    distance compares directions, as STFPM's cosine does). No labels are used.
+    same typical norm. No labels are used. ``"position"`` (unit vectors, so the distance compares directions, as
+    STFPM's cosine does) is what ``Ckaad(nearest_normalize=True)`` ships, so :func:`probe_map` leaves it to
+    ``NearestPatchMap(normalize=True)`` and the probe measures the shipped code.
     """
-    if how == "none":
+    if how != "stage":
         return train, test
-    if how == "position":
-        return [torch.nn.functional.normalize(f, dim=1) for f in train], [
-            torch.nn.functional.normalize(f, dim=1) for f in test
-        ]
     scales = [f.norm(dim=1).mean() for f in train]
     return [f / s for f, s in zip(train, scales, strict=True)], [f / s for f, s in zip(test, scales, strict=True)]
 
@@ -126,12 +123,14 @@ def probe_map(
     bank_size: int,
     size: int,
     sampling: str = "random",
+    normalize: bool = False,
 ) -> torch.Tensor:
     """``(N, 1, size, size)`` unblurred map of one :data:`MAPS` entry (Ckaad's own nearest-normal search)."""
     groups = [stages] if how == "concat" else [(s,) for s in stages]
     maps = []
     for group in groups:
-        nearest = NearestPatchMap(bank_size, stages=group, sampling=sampling)  # what Ckaad(nearest_layers=...) builds
+        # what Ckaad(nearest_layers=..., memory_bank_sampling=..., nearest_normalize=...) builds
+        nearest = NearestPatchMap(bank_size, stages=group, sampling=sampling, normalize=normalize)
         nearest.set_memory_bank(nearest.patches(train))
         maps.append(resize_bilinear(nearest(test), (size, size)))
     out = maps[0]
@@ -146,7 +145,9 @@ def blurred_maps(
     """``(map name, σ, blurred map, seconds of bank + search)`` for each of ``args.maps`` and ``args.sigmas``."""
     for name in args.maps:
         start = time.perf_counter()
-        raw = probe_map(train, test, *MAPS[name], args.bank_size, args.size, args.sampling)
+        raw = probe_map(
+            train, test, *MAPS[name], args.bank_size, args.size, args.sampling, normalize=args.scale == "position"
+        )
         seconds = time.perf_counter() - start
         for sigma in args.sigmas:
             yield name, sigma, AnomalyMapGenerator(sigma).blur(raw) if sigma > 0 else raw, seconds

@@ -304,11 +304,12 @@ class CkaadModel(nn.Module):
             raise ValueError(msg)
         coarse = weights[ScoreComponent.COARSE] > 0
         stages = nearest_stages(layers, nearest_layers)
-        check_bank_options(nearest_layers, nearest_normalize, weights[ScoreComponent.NEAREST] > 0 or coarse)
         # the coarse bank is selected by distance to the normal bank, so it needs one
+        has_bank = weights[ScoreComponent.NEAREST] > 0 or coarse
+        check_bank_options(nearest_layers, nearest_normalize, has_bank)
         self.nearest = (
             NearestPatchMap(memory_bank_size, stages=stages, sampling=memory_bank_sampling, normalize=nearest_normalize)
-            if weights[ScoreComponent.NEAREST] > 0 or coarse
+            if has_bank
             else None
         )
         self.coarse = (
