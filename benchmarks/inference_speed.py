@@ -9,8 +9,9 @@ Ckaad's INT8 export does).
 Models are untrained (speed does not depend on weight values). ResNet-18 uses random weights, so that it runs
 offline.
 
-``--slim 0.5:1`` adds Ckaad with ``ae_width=0.5, ae_blocks=1`` (and so on). ``--peers`` adds the anomalib models a
-user would deploy instead, on the same backbone, 256×256 input and
+``--slim 0.5:1`` adds Ckaad with ``ae_width=0.5, ae_blocks=1`` (and so on); ``--configs`` adds Ckaad with an
+anomalib config's model settings (its memory banks filled from random images, see :func:`from_config`).
+``--peers`` adds the anomalib models a user would deploy instead, on the same backbone, input size and
 pre-processing, exported the same way: ``Stfpm``, ``Padim`` (100 features, as anomalib's ResNet-18 default),
 ``Patchcore`` (a memory bank of 16384 rows, the size of Ckaad's nearest-feature bank; its coreset of a real dataset
 can be larger or smaller) and ``ReverseDistillation`` (ResNet backbones only: anomalib has no decoder for lite0).
@@ -22,6 +23,8 @@ feature convolutions.
     python benchmarks/inference_speed.py --iters 50 --backbones tf_efficientnet_lite0
     python benchmarks/inference_speed.py --peers --batches 1 --iters 50
     python benchmarks/inference_speed.py --backbones tf_efficientnet_lite0 --batches 1 --size 128 --slim 0.5 0.25:1
+    python benchmarks/inference_speed.py --backbones tf_efficientnet_lite0 --batches 1 --size 128 \
+        --configs configs/ckaad_texture_lite0_coarse_knn_fine_coreset.yaml
 
 Prints images/s, p50/p95 latency per batch, the CKAAD / backbone latency ratio, the issue's targets and (with
 ``--peers``) each peer's latency beside Ckaad's. The graphs of one runtime are timed in turns (one call each per
@@ -137,6 +140,34 @@ def build_ckaad(backbone: str, size: int, **kwargs: Any) -> Ckaad:  # noqa: ANN4
     model = Ckaad(backbone=backbone, layers=BACKBONES[backbone], pre_trained=pre_trained, image_size=(size, size),
                   visualizer=False, **kwargs)  # fmt: skip
     return model.eval()
+
+
+def from_config(path: Path, backbone: str, size: int) -> Ckaad | None:
+    """Ckaad with the ``model.init_args`` of an anomalib config at ``size``², banks filled, in eval mode.
+
+    ``None`` if the config's backbone is not ``backbone``. The memory banks are filled from embeddings of random
+    images (their values do not change the speed, their sizes do): the normal bank from 8 images, through the
+    config's sampling; the coarse bank with ``coarse_fraction`` of the positions of 20 images, about the 19-29
+    coarse anomalies of an ELPV run.
+    """
+    import yaml
+
+    init_args = dict(yaml.safe_load(path.read_text())["model"]["init_args"])
+    if init_args.pop("backbone", None) != backbone:
+        return None
+    init_args.pop("layers", None)
+    init_args.pop("image_size", None)
+    model = build_ckaad(backbone, size, **init_args)
+    torch_model = model.model
+    with torch.no_grad():
+        features = torch_model.extract(model.pre_processor.export_transform(torch.rand(28, 3, size, size)))
+        if torch_model.nearest is not None:
+            torch_model.nearest.set_memory_bank(torch_model.nearest.patches([f[:8] for f in features]))
+        if torch_model.coarse is not None:
+            rows = torch_model.coarse.patches([f[8:] for f in features])
+            keep = max(1, round(torch_model.coarse_fraction * rows.shape[1]))
+            torch_model.coarse.set_memory_bank(rows[:, :keep])
+    return model
 
 
 def _random_weights_extractor(*args: object, **kwargs: object) -> TimmFeatureExtractor:
@@ -258,15 +289,17 @@ def report(rows: list[dict], backbones: list[str], batches: list[int]) -> None:
 
     if any(r["graph"] not in {"ckaad", "backbone"} for r in rows):
         print("\nPeers and slim Ckaads (same backbone, size, pre-processing, runtime; ×Ckaad = p50 / Ckaad p50):")
-        print(
-            f"{'backbone':22s} {'batch':>5s} {'model':20s} {'runtime':14s} {'img/s':>8s} {'p50 ms':>8s} {'×Ckaad':>7s}"
-        )
+        width = max(20, *(len(r["graph"]) for r in rows))
+        print(f"{'backbone':22s} {'batch':>5s} {'model':{width}s} {'runtime':14s} {'img/s':>8s} {'p50 ms':>8s} "
+              f"{'×Ckaad':>7s} {'×backbone':>9s}")  # fmt: skip
         for (backbone, batch_size, graph, runtime), row in index.items():
             if graph == "backbone":
                 continue
             ckaad = index[(backbone, batch_size, "ckaad", runtime)]
-            print(f"{backbone:22s} {batch_size:5d} {graph:20s} {runtime:14s} {row['ips']:8.1f} {row['p50_ms']:8.2f} "
-                  f"{row['p50_ms'] / ckaad['p50_ms']:7.2f}")  # fmt: skip
+            floor = index[(backbone, batch_size, "backbone", runtime)]
+            print(f"{backbone:22s} {batch_size:5d} {graph:{width}s} {runtime:14s} {row['ips']:8.1f} "
+                  f"{row['p50_ms']:8.2f} {row['p50_ms'] / ckaad['p50_ms']:7.2f} "
+                  f"{row['p50_ms'] / floor['p50_ms']:9.2f}")  # fmt: skip
 
     print("\nTargets (batch 1):")
     for backbone in backbones:
@@ -297,6 +330,9 @@ def main() -> None:
     parser.add_argument(
         "--slim", nargs="*", default=[], metavar="WIDTH[:BLOCKS]", help="also Ckaad with ae_width / ae_blocks"
     )
+    parser.add_argument(
+        "--configs", nargs="*", type=Path, default=[], help="also Ckaad with these anomalib configs' model settings"
+    )
     args = parser.parse_args()
     install_lite0_weights()
     calibration = calibration_images(args.calibration, args.size)
@@ -311,6 +347,10 @@ def main() -> None:
             width, _, blocks = spec.partition(":")
             slim = build_ckaad(backbone, args.size, ae_width=float(width), ae_blocks=int(blocks) if blocks else None)
             graphs[f"ckaad_w{width}_b{blocks or 'paper'}"] = Pipeline(slim).eval()
+        for config in args.configs:
+            configured = from_config(config, backbone, args.size)
+            if configured is not None:
+                graphs[config.stem.removeprefix("ckaad_")] = Pipeline(configured).eval()
         with model.model.inference_only():
             for batch_size in args.batches:
                 batch = np.random.default_rng(0).random((batch_size, 3, args.size, args.size), dtype=np.float32)

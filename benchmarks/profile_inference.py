@@ -1,91 +1,115 @@
-"""Where does deployed CKAAD spend its time? Per-component latency in OpenVINO FP32, batch 1, 256×256, CPU.
+"""Where does deployed CKAAD spend its time? Cumulative stages of the shipped pipeline, OpenVINO FP32, batch 1, CPU.
 
-Components: the frozen extractor (with normalisation), the feature auto-encoder (features in), the anomaly map
-(per-stage cosine distance, bilinear upsampling, sum) and the Gaussian blur (σ = 4, 33×33 kernel). Each is exported
-through ONNX on its own, like `anomalib export`. The full pipeline is measured too, for reference.
+Each graph is a prefix of the deployed pipeline, built from the shipped modules (the exact ops included):
 
-    python benchmarks/profile_inference.py
+1. ``backbone``: pre-processing (exported resize + normalisation) and the frozen extractor;
+2. ``+ auto-encoder``: the reconstructions;
+3. ``+ distance maps``: per-stage ``1 − cos`` at the stages' resolutions;
+4. ``+ upsample, sum``: the maps resized to the input and summed;
+5. ``+ blur``: the anomaly map (separable Gaussian, σ = 4);
+6. ``+ score``: the torch model's ``InferenceBatch`` (top-k image score);
+7. ``pipeline``: what ``anomalib export`` ships (post-processing's normalisation and thresholds too).
+
+All are exported through ONNX like ``anomalib export``, compiled with the f32 hint, and timed in turns (one call
+each per round, :func:`inference_speed.measure_interleaved`), so that the differences between consecutive
+prefixes (each stage's cost) come from the same minutes. ``--slim`` profiles a slimmer auto-encoder, ``--size``
+another input side.
+
+    python benchmarks/profile_inference.py --size 128 --slim 0.5 --iters 300
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 import torch
-from inference_speed import BACKBONES, SIZE, Backbone, Pipeline, measure
+from inference_speed import BACKBONES, SIZE, Backbone, Pipeline, build_ckaad, measure_interleaved, openvino_runner
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from ckaad_anomalib import Ckaad, install_lite0_weights
+from ckaad_anomalib.models.ckaad.anomaly_map import distance_maps
+
+STAGES = ("backbone", "+ auto-encoder", "+ distance maps", "+ upsample, sum", "+ blur", "+ score", "pipeline")
 
 
-class AutoEncoder(nn.Module):
-    """The feature auto-encoder alone."""
+class Prefix(nn.Module):
+    """The deployed Ckaad up to (and including) stage ``depth`` of :data:`STAGES` (1-based, 2 to 6)."""
 
-    def __init__(self, model: Ckaad) -> None:
+    def __init__(self, model: Ckaad, depth: int) -> None:
         super().__init__()
-        self.autoencoder = model.model.autoencoder
+        self.backbone = Backbone(model)
+        self.model = model.model
+        self.depth = depth
+        self.no_blur = copy.deepcopy(model.model.anomaly_map_generator)
+        self.no_blur.blur = nn.Identity()
 
-    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Reconstruct the features."""
-        return tuple(self.autoencoder(list(features)))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return the last stage's outputs."""
+        features = list(self.backbone(images))
+        reconstructions = self.model.autoencoder(features)
+        if self.depth == 2:
+            return tuple(reconstructions)
+        maps = distance_maps(features, reconstructions)
+        if self.depth == 3:
+            return tuple(maps)
+        size = images.shape[-2:]
+        generator = self.model.anomaly_map_generator
+        if self.depth == 4:
+            return (self.no_blur.combine(maps, size),)
+        if self.depth == 5:
+            return (generator.combine(maps, size),)
+        out = self.model.score(features, reconstructions, size)
+        return out.pred_score, out.anomaly_map
 
 
-class MapNoBlur(nn.Module):
-    """Cosine distance per stage, upsampled to the input size and summed (no blur)."""
-
-    def forward(self, *pairs: torch.Tensor) -> torch.Tensor:
-        """``pairs`` = features..., reconstructions...."""
-        half = len(pairs) // 2
-        maps = [
-            F.interpolate((1 - F.cosine_similarity(f, r, dim=1)).unsqueeze(1), size=(SIZE, SIZE), mode="bilinear")
-            for f, r in zip(pairs[:half], pairs[half:], strict=True)
-        ]
-        return torch.stack(maps).sum(0)
-
-
-def ov_latency(module: nn.Module, inputs: tuple[torch.Tensor, ...], workdir: Path, iters: int) -> float:
-    """p50 latency (ms) of ``module`` on ``inputs`` after ONNX → OpenVINO FP32 (f32 hint)."""
-    path = workdir / f"{module.__class__.__name__}_{id(module)}.onnx"
-    torch.onnx.export(module, inputs, str(path), dynamo=True, opset_version=18)
-    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    feed = {i: x.numpy() for i, x in enumerate(inputs)}
-    return measure(lambda _: request.infer(feed), np.zeros(1), iters, warmup=5)["p50_ms"]
+def graphs(model: Ckaad) -> dict[str, nn.Module]:
+    """Every prefix of :data:`STAGES`, named by its last stage."""
+    prefixes: dict[str, nn.Module] = {STAGES[0]: Backbone(model)}
+    prefixes |= {STAGES[depth - 1]: Prefix(model, depth) for depth in range(2, 7)}
+    prefixes[STAGES[-1]] = Pipeline(model)
+    return {name: graph.eval() for name, graph in prefixes.items()}
 
 
 def main() -> None:
-    """Profile each backbone's pipeline by component."""
+    """Profile each backbone's pipeline by stage."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--size", type=int, default=SIZE, help="input side in pixels (default 256)")
+    parser.add_argument("--slim", default=None, metavar="WIDTH[:BLOCKS]", help="ae_width / ae_blocks to profile")
+    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args()
     install_lite0_weights()
     workdir = Path(tempfile.mkdtemp(prefix="ckaad_profile_"))
-    image = torch.rand(1, 3, SIZE, SIZE)
+    batch = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
+    options = {}
+    if args.slim:
+        width, _, blocks = args.slim.partition(":")
+        options = {"ae_width": float(width), "ae_blocks": int(blocks) if blocks else None}
     for backbone in args.backbones:
-        model = Ckaad(backbone=backbone, layers=BACKBONES[backbone], pre_trained=False, visualizer=False).eval()
-        with torch.no_grad(), model.model.inference_only():
-            features = tuple(model.model.extract(image))
-            recons = tuple(model.model.autoencoder(list(features)))
-            amap = MapNoBlur()(*features, *recons)
-            parts = {
-                "extractor (+normalise)": ov_latency(Backbone(model).eval(), (image,), workdir, args.iters),
-                "auto-encoder": ov_latency(AutoEncoder(model).eval(), features, workdir, args.iters),
-                "map (cos, upsample, sum)": ov_latency(MapNoBlur(), features + recons, workdir, args.iters),
-                "Gaussian blur 33×33": ov_latency(model.model.anomaly_map_generator.blur, (amap,), workdir, args.iters),
-            }
-            total = ov_latency(Pipeline(model).eval(), (image,), workdir, args.iters)
+        model = build_ckaad(backbone, args.size, **options)
+        with model.model.inference_only(), torch.no_grad():
+            runners: dict[str, Callable[[np.ndarray], object]] = {}
+            for name, graph in graphs(model).items():
+                run = openvino_runner(graph, 1, None, workdir, args.size)
+                assert run is not None  # noqa: S101 - FP32 always compiles
+                runners[name] = run
+            stats = measure_interleaved(runners, batch, args.iters, args.warmup)
         ae_params = sum(p.numel() for p in model.model.autoencoder.parameters())
-        print(f"\n{backbone} {list(BACKBONES[backbone])}: stages {[tuple(f.shape[1:]) for f in features]}, "
-              f"AE {ae_params / 1e6:.2f} M parameters")  # fmt: skip
-        for name, ms in parts.items():
-            print(f"  {name:26s} {ms:7.2f} ms  {100 * ms / total:5.1f} % of the pipeline")
-        print(f"  {'full pipeline':26s} {total:7.2f} ms  (sum of parts {sum(parts.values()):.2f} ms)")
+        print(f"\n{backbone} {list(BACKBONES[backbone])} {args.size} px, AE {options or 'paper'} "
+              f"({ae_params / 1e6:.2f} M parameters), OpenVINO FP32, batch 1, p50 of {args.iters} rounds:")  # fmt: skip
+        floor, total, previous = stats[STAGES[0]]["p50_ms"], stats[STAGES[-1]]["p50_ms"], 0.0
+        print(f"  {'stage':18s} {'cumulative ms':>13s} {'stage ms':>9s} {'×backbone':>10s}")
+        for name in STAGES:
+            cumulative = stats[name]["p50_ms"]
+            print(f"  {name:18s} {cumulative:13.3f} {cumulative - previous:9.3f} {cumulative / floor:10.2f}")
+            previous = cumulative
+        print(f"  tail after the auto-encoder: {total - stats[STAGES[1]]['p50_ms']:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -314,3 +314,47 @@ def test_memory_banks_hold_the_normal_images_and_the_coarse_anomalies_farthest_p
         Engine(default_root_dir=tmp_path / "plain", max_epochs=1, accelerator="cpu", logger=False).fit(
             plain, datamodule=_mvtec(mvtec_root)
         )
+
+
+@pytest.mark.slow
+def test_nearest_normalize_auto_keeps_the_banks_whose_map_ranks_validation_pixels_best(
+    mvtec_root: Path, lite0_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch.nn import functional as F  # noqa: N812
+    from torchmetrics.functional.classification import binary_auroc
+
+    del lite0_weights
+    dm = CoarseAnomalyDataModule(_mvtec(mvtec_root), ratio=0.2, seed=0)
+    # the recommended setting's kind: nothing trained reaches the output, so each fit is one epoch of banks
+    setting = {"distance_weight": 0.0, "knn_weight": 1.0, "coarse_weight": 1.0, "fused_map": True}
+    models = {}
+    for normalize in (False, True, "auto"):
+        torch.manual_seed(0)
+        models[normalize] = small_ckaad(**setting, nearest_normalize=normalize)
+        with caplog.at_level(logging.INFO):
+            engine = Engine(default_root_dir=tmp_path / str(normalize), accelerator="cpu", logger=False)
+            engine.fit(models[normalize], datamodule=dm)
+    assert "Ckaad chose nearest_normalize" in caplog.text
+    transform = models[False].pre_processor.transform  # type: ignore[union-attr]
+
+    def pixel_auroc(model: Ckaad) -> float:
+        maps, masks = [], []
+        for batch in dm.val_dataloader():
+            anomaly_map = model.model.eval()(transform(batch.image)).anomaly_map
+            masks.append(F.interpolate(batch.gt_mask[:, None].float(), size=anomaly_map.shape[-2:]).int().flatten())
+            maps.append(anomaly_map.flatten())
+        return float(binary_auroc(torch.cat(maps), torch.cat(masks)))
+
+    quality = {normalize: pixel_auroc(models[normalize]) for normalize in (False, True)}
+    assert quality[False] != quality[True]  # a real choice on this data
+    chosen = quality[True] > quality[False]
+    auto = models["auto"].model.eval()
+    assert auto.bank_candidates == []
+    assert auto.nearest is not None
+    assert auto.nearest.normalize == chosen
+    twin = models[chosen].model
+    torch.testing.assert_close(auto.nearest.memory_bank, twin.nearest.memory_bank)  # type: ignore[union-attr]
+    torch.testing.assert_close(auto.coarse.memory_bank, twin.coarse.memory_bank)  # type: ignore[union-attr]
+    torch.testing.assert_close(auto.score_mean, twin.score_mean)  # fitted for the chosen banks
+    batch = next(iter(dm.test_dataloader()))
+    torch.testing.assert_close(auto(transform(batch.image)).pred_score, twin(transform(batch.image)).pred_score)

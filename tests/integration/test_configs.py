@@ -120,6 +120,7 @@ def test_synthetic_source_config_on_mvtec_layout(mvtec_root: Path, lite0_weights
         # the same path with coreset banks; under `long` to keep the default suite's time (.ci/run runs it)
         pytest.param("ckaad_texture_lite0_coarse_knn_fine_coreset.yaml", marks=pytest.mark.long),
         pytest.param("ckaad_texture_lite0_coarse_knn_fine_coreset_normalized.yaml", marks=pytest.mark.long),
+        pytest.param("ckaad_texture_lite0_coarse_knn_fine_coreset_auto.yaml", marks=pytest.mark.long),
     ],
 )
 def test_fine_map_config_localises_through_the_cli(

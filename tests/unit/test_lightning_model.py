@@ -107,6 +107,27 @@ def test_paper_defaults_and_no_silent_trainer_overrides() -> None:
         small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, max_epochs=0)
 
 
+def test_a_setting_without_trained_output_fills_its_banks_in_one_epoch_and_trains_nothing(seeded: None) -> None:
+    model = _attached(
+        small_ckaad(
+            backbone="resnet18",
+            layers=("layer2", "layer3"),
+            pre_trained=False,
+            distance_weight=0,
+            knn_weight=1,
+            coarse_weight=1,
+            fused_map=True,
+            max_epochs=3,
+        )
+    )
+    assert model.trainer_arguments == {"max_epochs": 1, "num_sanity_val_steps": 0}
+    d_before, ae_before = _params(model.model.patch_discriminator), _params(model.model.autoencoder)
+    assert model.training_step(_batch([0, 0, 0, 1]), 0) is None
+    assert not _changed(d_before, model.model.patch_discriminator)
+    assert not _changed(ae_before, model.model.autoencoder)
+    assert [len(p[0][0]) for p in (model._bank_parts, model._coarse_parts)] == [3, 1]  # 3 normal images, 1 anomaly
+
+
 def test_pre_processor_uses_backbone_normalisation() -> None:
     lite = Ckaad.configure_pre_processor(backbone=LITE0)
     resnet = Ckaad.configure_pre_processor(image_size=(128, 128), backbone="resnet18")

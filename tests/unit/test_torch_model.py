@@ -209,6 +209,35 @@ def test_fused_map_is_the_standardised_weighted_sum_of_the_component_maps(seeded
         CkaadModel(**RESNET18, input_size=(64, 64), fused_map=True)
 
 
+def test_a_fused_map_without_the_distance_never_runs_the_autoencoder(seeded: None) -> None:
+    kwargs = {**RESNET18, "input_size": (64, 64), "knn_weight": 1, "memory_bank_size": 40}
+    model = CkaadModel(**kwargs, distance_weight=0, fused_map=True).eval()  # type: ignore[arg-type]
+    assert not model.uses_reconstructions
+    assert not model.learns
+    assert model.nearest is not None
+    model.nearest.set_memory_bank(model.nearest.patches(model.extract(torch.randn(3, 3, 64, 64))))
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    (nearest,) = model.component_maps(model.extract(x), None, (64, 64))
+    torch.testing.assert_close(expected.anomaly_map, nearest)  # statistics 0 / 1, weight 1
+    model.autoencoder.forward = None  # type: ignore[assignment,method-assign]  # any call now fails
+    torch.testing.assert_close(model(x).pred_score, expected.pred_score)
+    torch.testing.assert_close(model.component_scores(x)[:, 0], expected.pred_score)
+    program = torch.export.export(model, (x,))
+    used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
+    parameters = program.graph_signature.inputs_to_parameters  # placeholder → parameter name
+    assert not any("autoencoder" in name for node, name in parameters.items() if node in used)  # nor does the export
+    assert any("extractor" in name for node, name in parameters.items() if node in used)
+    # the auto-encoder reaches the output: as the anomaly map, through the distance score, or D through the energy
+    assert CkaadModel(**kwargs, distance_weight=0).uses_reconstructions  # type: ignore[arg-type]
+    assert CkaadModel(**kwargs, fused_map=True).uses_reconstructions  # type: ignore[arg-type]
+    with_energy = CkaadModel(**kwargs, distance_weight=0, fused_map=True, energy_weight=1)  # type: ignore[arg-type]
+    assert not with_energy.uses_reconstructions
+    assert with_energy.learns
+    with pytest.raises(ValueError, match="uses the auto-encoder"):
+        CkaadModel(**kwargs).eval().score(model.extract(x), None, (64, 64))  # type: ignore[arg-type]
+
+
 def test_nearest_layers_choose_the_banks_stages_and_so_the_maps_resolution(seeded: None) -> None:
     resnet = {**RESNET18, "layers": ["layer1", "layer2", "layer3"], "input_size": (64, 64), "discriminator": None}
     kwargs = {**resnet, "distance_weight": 0, "knn_weight": 1, "coarse_weight": 1, "memory_bank_size": 40}
@@ -245,6 +274,41 @@ def test_nearest_normalize_compares_the_features_directions_not_their_magnitudes
     assert farthest[False] > 1.0
     with pytest.raises(ValueError, match="nearest_normalize=True needs a memory bank: set knn_weight or coarse_weight"):
         CkaadModel(**RESNET18, input_size=(64, 64), nearest_normalize=True)  # type: ignore[arg-type]
+
+
+def test_nearest_normalize_auto_builds_both_banks_and_a_checkpoint_keeps_the_chosen_one(seeded: None) -> None:
+    kwargs = {**RESNET18, "input_size": (64, 64), "discriminator": None, "knn_weight": 1.0, "coarse_weight": 1.0}
+    model = CkaadModel(**kwargs, nearest_normalize="auto")  # type: ignore[arg-type]
+    candidates = model.bank_candidates
+    assert [(pair.nearest.normalize, pair.coarse.normalize) for pair in candidates] == [(False, False), (True, True)]  # type: ignore[union-attr]
+    assert model.bank_pairs() == candidates
+    assert (model.nearest, model.coarse) == tuple(candidates[0])  # raw until validation chooses
+    features = model.extract(torch.randn(2, 3, 64, 64))
+    for pair in candidates:
+        pair.nearest.set_memory_bank(pair.nearest.patches(features))
+        pair.coarse.set_memory_bank(pair.coarse.patches(features)[:, :4])  # type: ignore[union-attr]
+    model.use_banks(candidates[1])
+    model.bank_candidates = []  # what the Lightning module does once it has chosen
+    state = model.state_dict()
+    assert bool(state["nearest.normalized"])
+    assert bool(state["coarse.normalized"])
+    torch.testing.assert_close(state["nearest.memory_bank"], candidates[1].nearest.memory_bank)
+
+    fresh = CkaadModel(**kwargs, nearest_normalize="auto")  # type: ignore[arg-type]
+    fresh.load_state_dict(state)
+    assert fresh.bank_candidates == []  # filled banks loaded: nothing left to choose
+    assert fresh.nearest is not None
+    assert fresh.nearest.normalize
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(fresh.eval()(x).pred_score, model.eval()(x).pred_score)
+    # a checkpoint from before the flag was saved keeps the constructor's setting
+    old = {k: v for k, v in state.items() if not k.endswith(".normalized")}
+    plain = CkaadModel(**kwargs, nearest_normalize=True)  # type: ignore[arg-type]
+    plain.load_state_dict(old)
+    assert plain.nearest is not None
+    assert plain.nearest.normalize
+    with pytest.raises(ValueError, match="nearest_normalize='often' must be true, false or 'auto'"):
+        CkaadModel(**kwargs, nearest_normalize="often")  # type: ignore[arg-type]
 
 
 def test_coreset_bank_covers_the_embeddings_that_a_random_subset_of_its_size_misses(seeded: None) -> None:

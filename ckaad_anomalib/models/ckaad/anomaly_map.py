@@ -162,6 +162,7 @@ class NearestPatchMap(nn.Module):
     """
 
     memory_bank: torch.Tensor
+    normalized: torch.Tensor
 
     def __init__(
         self,
@@ -179,6 +180,7 @@ class NearestPatchMap(nn.Module):
         self.stages = None if stages is None else list(stages)
         self.pool = nn.AvgPool2d(3, 1, 1)
         self.register_buffer("memory_bank", torch.zeros(0, 0))
+        self.register_buffer("normalized", torch.tensor(normalize))  # saved, so a checkpoint says how it compares
 
     @property
     def empty(self) -> bool:
@@ -232,8 +234,16 @@ class NearestPatchMap(nn.Module):
         return self.distances(self.embed(features))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
-        """Take the checkpoint's bank whatever its size (a new model's bank is empty)."""
+        """Take the checkpoint's bank whatever its size (a new model's bank is empty), and how it compares.
+
+        A checkpoint from before ``normalized`` was saved keeps the constructor's setting.
+        """
         key = prefix + "memory_bank"
         if key in state_dict:
             self.memory_bank = torch.empty_like(state_dict[key])
+        key = prefix + "normalized"
+        if key in state_dict:
+            self.normalize = bool(state_dict[key])
+        else:
+            state_dict[key] = self.normalized.clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

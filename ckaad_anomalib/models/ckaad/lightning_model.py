@@ -26,7 +26,7 @@ from typing import Any, Literal, cast
 
 import torch
 from anomalib import LearningType
-from anomalib.data import AnomalibDataModule, Batch
+from anomalib.data import AnomalibDataModule, Batch, InferenceBatch
 from anomalib.deploy import CompressionType
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -35,6 +35,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
+from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -116,12 +117,17 @@ class Ckaad(AnomalibModule):
         ae_blocks: Residual blocks per auto-encoder stage (``None``: the paper's, 2 per stage for narrow backbones).
         fused_map: ``False`` (paper): the anomaly map is the reconstruction distance. ``True``: it is the fused
             score's map, each component's map standardised and weighted like the image score (needs a fused score).
+            With ``distance_weight=0`` and no energy, nothing trained then reaches the output: inference skips the
+            auto-encoder (the export does not hold it), and fit fills the banks in one epoch and trains nothing.
         nearest_layers: Stages of ``layers`` whose embedding the nearest-normal and coarse banks hold (``None``:
             the two deepest, PatchCore's). With ``fused_map``, finer stages give a finer map (the model README's
             pixel-level section); the banks' search then covers more positions per image.
         nearest_normalize: ``False`` (PatchCore's): the banks compare the features as extracted. ``True``: each
             stage's feature vectors are L2-normalised first, so the distances compare directions (as STFPM's
-            cosine does); measured to localise better on the texture sets (model README, pixel-level section).
+            cosine does); measured to localise better on the texture sets (model README, pixel-level section), and
+            to rank ELPV's cells worse. ``"auto"``: both kinds of banks are filled, and the validation split keeps
+            the one whose anomaly map has the higher pixel AUROC where it has masks, else whose image score has the
+            higher image AUROC (raw on ties); checkpoints and exports hold the chosen banks only.
         top_k: ``k`` of the top-k image score.
         score_mode: ``"topk"`` (mean of the ``top_k`` largest map values) or ``"mean"`` (whole map).
         sigma: Gaussian blur σ of the anomaly map.
@@ -169,7 +175,7 @@ class Ckaad(AnomalibModule):
         ae_blocks: int | None = None,
         fused_map: bool = False,
         nearest_layers: Sequence[str | int] | None = None,
-        nearest_normalize: bool = False,
+        nearest_normalize: bool | Literal["auto"] = False,
         top_k: int = 100,
         score_mode: Literal["topk", "mean"] = "topk",
         sigma: float = 4.0,
@@ -231,11 +237,17 @@ class Ckaad(AnomalibModule):
             nearest_normalize=nearest_normalize,
         )
         self.max_epochs = max_epochs
+        if not self.model.learns:
+            logger.info(
+                "Ckaad(distance_weight=0, fused_map=True, no energy): no trained part reaches the output, so fit fills "
+                "the memory banks in one epoch and trains neither the auto-encoder nor the discriminator."
+            )
         self._batches_without_normals = 0
         self._fused_score_epoch = -1  # the epoch whose validation fitted the fused score
         # embeddings seen in training while the banks are empty: normal ones, and per coarse anomaly
-        self._bank_parts: list[torch.Tensor] = []
-        self._coarse_parts: list[torch.Tensor] = []
+        # (one list per bank pair: two while nearest_normalize="auto" has to choose)
+        self._bank_parts: dict[int, list[torch.Tensor]] = {}
+        self._coarse_parts: dict[int, list[torch.Tensor]] = {}
 
     @staticmethod
     def _validate(
@@ -319,15 +331,17 @@ class Ckaad(AnomalibModule):
             )
             return None
 
-        out = self.model(images)
-        assert isinstance(out, TrainOutput)  # noqa: S101 - train mode contract
-        features, recons = out
-        normal_features, normal_recons = [f[normal] for f in features], [r[normal] for r in recons]
-        rec_loss = reconstruction_loss(normal_features, normal_recons)
-        if self.model.nearest is not None and self.model.nearest.empty:  # the features are computed anyway
-            self._bank_parts.append(self.model.nearest.patches([f.detach() for f in normal_features]))
-        if self.model.coarse is not None and self.model.coarse.empty and anomalous.any():
-            self._coarse_parts.append(self.model.coarse.patches([f[anomalous].detach() for f in features]))
+        if self.model.learns:
+            out = self.model(images)
+            assert isinstance(out, TrainOutput)  # noqa: S101 - train mode contract
+            features, recons = out
+        else:
+            features, recons = self.model.extract(images), None
+        normal_features = [f[normal] for f in features]
+        self._collect_bank_parts(features, normal)
+        if recons is None:  # no trained part reaches the output (CkaadModel.learns): the banks are all there is
+            return None
+        rec_loss = reconstruction_loss(normal_features, [r[normal] for r in recons])
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -363,6 +377,15 @@ class Ckaad(AnomalibModule):
         self._log_epoch("train_rec_loss", rec_loss, len(images))
         return {"loss": loss.detach()}
 
+    @torch.no_grad()
+    def _collect_bank_parts(self, features: Sequence[torch.Tensor], normal: torch.Tensor) -> None:
+        """Keep the embeddings of the batch's normal images and coarse anomalies for banks still to be filled."""
+        for index, (nearest, coarse) in enumerate(self.model.bank_pairs()):
+            if nearest.empty:
+                self._bank_parts.setdefault(index, []).append(nearest.patches([f[normal] for f in features]))
+            if coarse is not None and coarse.empty and not normal.all():
+                self._coarse_parts.setdefault(index, []).append(coarse.patches([f[~normal] for f in features]))
+
     def on_validation_epoch_start(self) -> None:
         """With the fused score, fit it on the validation split before that split is scored.
 
@@ -371,7 +394,7 @@ class Ckaad(AnomalibModule):
         """
         self._build_memory_banks()
         if self.model.fused and self._fit_fused_score(
-            self.trainer.val_dataloaders, choose=bool(self.model.auto_components)
+            self.trainer.val_dataloaders, choose=bool(self.model.auto_components or self.model.bank_candidates)
         ):
             self._fused_score_epoch = self.current_epoch
 
@@ -399,33 +422,32 @@ class Ckaad(AnomalibModule):
 
         The normal bank: a subset of the normal embeddings (``memory_bank_sampling``). The coarse bank: of each
         coarse anomaly, the ``coarse_fraction`` of its positions farthest from the normal bank (its most anomalous
-        region).
+        region). With ``nearest_normalize="auto"``, both candidate pairs.
         """
-        if self._bank_parts and self.model.nearest is not None:
-            self.model.nearest.set_memory_bank(self._gather_rows(torch.cat(self._bank_parts)))
-        self._bank_parts = []
-        if self.model.coarse is None or not self.model.coarse.empty or self.model.nearest is None:
-            return
-        if self.model.nearest.empty:  # before any training step (e.g. a sanity check): nothing to select with
-            return
-        if not self._coarse_parts:
-            msg = (
-                "Ckaad(coarse_weight=...) saw no labelled anomaly in its first training epoch: train on a datamodule "
-                "whose batches carry coarse anomalies (ckaad_anomalib.data.CoarseAnomalyDataModule), or set "
-                "coarse_weight=0."
+        for index, (nearest, coarse) in enumerate(self.model.bank_pairs()):
+            parts = self._bank_parts.pop(index, None)
+            if parts:
+                nearest.set_memory_bank(self._gather_rows(torch.cat(parts)))
+            # before any training step (e.g. a sanity check) there is nothing to select the coarse bank with
+            if coarse is None or not coarse.empty or nearest.empty:
+                continue
+            if index not in self._coarse_parts:
+                msg = (
+                    "Ckaad(coarse_weight=...) saw no labelled anomaly in its first training epoch: train on a "
+                    "datamodule whose batches carry coarse anomalies (ckaad_anomalib.data.CoarseAnomalyDataModule), "
+                    "or set coarse_weight=0."
+                )
+                raise ValueError(msg)
+            # (N, h·w, D); batches cycle the coarse anomalies, so drop the repeats of an image first
+            anomalies = torch.unique(self._gather_rows(torch.cat(self._coarse_parts.pop(index))), dim=0)
+            n, positions, dims = anomalies.shape
+            # a few images at a time: the search holds (rows × chunk_size) distances
+            farthest = torch.cat([nearest.distances(a.reshape(-1, dims)) for a in anomalies.split(8)])
+            farthest = farthest.reshape(n, positions)
+            keep = farthest.topk(max(1, round(self.model.coarse_fraction * positions)), dim=1).indices
+            coarse.set_memory_bank(
+                torch.unique(torch.gather(anomalies, 1, keep[..., None].expand(-1, -1, dims)).reshape(-1, dims), dim=0)
             )
-            raise ValueError(msg)
-        # (N, h·w, D); batches cycle the coarse anomalies, so drop the repeats of an image first
-        anomalies = torch.unique(self._gather_rows(torch.cat(self._coarse_parts)), dim=0)
-        self._coarse_parts = []
-        n, positions, dims = anomalies.shape
-        # a few images at a time: the search holds (rows × chunk_size) distances
-        farthest = torch.cat([self.model.nearest.distances(a.reshape(-1, dims)) for a in anomalies.split(8)])
-        farthest = farthest.reshape(n, positions)
-        keep = farthest.topk(max(1, round(self.model.coarse_fraction * positions)), dim=1).indices
-        self.model.coarse.set_memory_bank(
-            torch.unique(torch.gather(anomalies, 1, keep[..., None].expand(-1, -1, dims)).reshape(-1, dims), dim=0)
-        )
 
     def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:
         """Every rank's rows (along dim 0), in rank order; on one process, ``local`` itself."""
@@ -439,6 +461,81 @@ class Ckaad(AnomalibModule):
 
     @torch.no_grad()
     def _fit_fused_score(self, loaders: Any, choose: bool) -> bool:  # noqa: ANN401 - DataLoader(s) or None
+        """Fit the fused score on ``loaders``' images; with ``nearest_normalize="auto"`` first choose the banks.
+
+        Each candidate pair of banks gets its statistics and ``"auto"`` weights fitted, then the validation images
+        rank them (:meth:`_validation_quality`: pixel AUROC of the anomaly map where there are masks, then image
+        AUROC; the first, i.e. raw features, on ties); under DDP rank 0's choice is broadcast. The other pair is
+        dropped, so exports and checkpoints hold the chosen banks only. Without labelled images (``choose`` false)
+        the raw banks stay, with a warning.
+
+        Returns:
+            Whether there were at least two normal images (otherwise nothing is changed).
+        """
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders] if loaders is not None else []
+        candidates = self.model.bank_candidates
+        if not candidates:
+            return self._fit_score_statistics(loaders, choose)
+        if not choose:
+            logger.warning(
+                "Ckaad(nearest_normalize='auto') has no labelled validation images to choose with: it keeps the "
+                "features as extracted (nearest_normalize=False)."
+            )
+            self.model.use_banks(candidates[0])
+            self.model.bank_candidates = []
+            return self._fit_score_statistics(loaders, choose)
+        qualities = []
+        for pair in candidates:
+            self.model.use_banks(pair)
+            if not self._fit_score_statistics(loaders, choose):
+                return False
+            qualities.append(self._validation_quality(loaders))
+        best = self.trainer.strategy.broadcast(max(range(len(qualities)), key=lambda i: (qualities[i], -i)))
+        self.model.use_banks(candidates[best])
+        self.model.bank_candidates = []
+        logger.info(
+            "Ckaad chose nearest_normalize=%s on validation (pixel AUROC, image AUROC: %s).",
+            candidates[best].nearest.normalize,
+            ", ".join(f"{'normalised' if c.nearest.normalize else 'raw'} {q[0]:.4f} / {q[1]:.4f}"
+                      for c, q in zip(candidates, qualities, strict=True)),
+        )  # fmt: skip
+        return best == len(candidates) - 1 or self._fit_score_statistics(loaders, choose)  # the chosen pair's fit
+
+    @torch.no_grad()
+    def _validation_quality(self, loaders: list[Any]) -> tuple[float, float]:
+        """Pixel AUROC of the anomaly maps (0 without masks) and image AUROC (0 without both classes).
+
+        Masks are resized to the map's size (nearest), as the pre-processor resizes them for the metrics.
+        """
+        transform = getattr(self.pre_processor, "transform", None)
+        scores, labels, maps, masks = [], [], [], []
+        was_training = self.model.training
+        self.model.eval()
+        for loader in loaders:
+            for batch in loader:
+                if batch.gt_label is None or batch.image is None:
+                    continue
+                images = batch.image.to(self.device)
+                out = self.model(transform(images) if transform else images)
+                assert isinstance(out, InferenceBatch)  # noqa: S101 - eval mode contract
+                # CkaadModel.score fills both
+                score, anomaly_map = cast("torch.Tensor", out.pred_score), cast("torch.Tensor", out.anomaly_map)
+                scores.append(score)
+                labels.append(batch.gt_label.to(self.device).int())
+                if batch.gt_mask is not None:
+                    mask = batch.gt_mask.to(self.device).reshape(len(images), 1, *batch.gt_mask.shape[-2:]).float()
+                    masks.append(F.interpolate(mask, size=anomaly_map.shape[-2:], mode="nearest").int().flatten())
+                    maps.append(anomaly_map.flatten())
+        self.model.train(was_training)
+
+        def auroc(values: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+            target = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int)
+            return float(binary_auroc(torch.cat(values), target)) if 0 < int(target.sum()) < len(target) else 0.0
+
+        return auroc(maps, masks), auroc(scores, labels)
+
+    @torch.no_grad()
+    def _fit_score_statistics(self, loaders: list[Any], choose: bool) -> bool:
         """Fit the fused score's normal statistics (and, if ``choose``, the ``"auto"`` weights) on ``loaders``' images.
 
         Mean and std come from every rank's normal images. The ``"auto"`` weights are the combination of their
@@ -448,7 +545,6 @@ class Ckaad(AnomalibModule):
         Returns:
             Whether there were at least two normal images (otherwise nothing is changed).
         """
-        loaders = loaders if isinstance(loaders, list | tuple) else [loaders] if loaders is not None else []
         transform = getattr(self.pre_processor, "transform", None)
         scores, labels = [], []
         was_training = self.model.training
@@ -475,7 +571,7 @@ class Ckaad(AnomalibModule):
         mean = moments[1] / n
         std = ((moments[2] - n * mean**2) / (n - 1)).clamp_min(0).sqrt()
         self.model.set_score_statistics(mean.float(), std.float())
-        if choose:  # fuse() below standardises with the statistics just set
+        if choose and self.model.auto_components:  # fuse() below standardises with the statistics just set
             weights = self.model.score_weights.clone()
             if anomalous.any() and (~anomalous).any():
                 auto = self.model.auto_components
@@ -540,11 +636,13 @@ class Ckaad(AnomalibModule):
         """What the model needs from the trainer (clipping is done per optimiser).
 
         ``max_epochs`` if set, and with ``knn_weight`` no sanity validation: the memory bank is filled in the first
-        training epoch.
+        training epoch. Where no trained part reaches the output (:attr:`CkaadModel.learns`), one epoch.
         """
         arguments: dict[str, Any] = {} if self.max_epochs is None else {"max_epochs": self.max_epochs}
         if self.model.nearest is not None:  # the coarse bank needs it too
             arguments["num_sanity_val_steps"] = 0
+        if not self.model.learns:  # one epoch fills the banks; later ones would train nothing (as PatchCore)
+            arguments["max_epochs"] = 1
         return arguments
 
     @property

@@ -111,17 +111,66 @@ def build_extractor(backbone: str, layers: Sequence[str | int], pre_trained: boo
     return extractor
 
 
-def check_bank_options(nearest_layers: Sequence[str | int] | None, nearest_normalize: bool, has_bank: bool) -> None:
+def check_bank_sizes(memory_bank_size: int, coarse_fraction: float, memory_bank_sampling: str) -> None:
+    """Check the memory banks' size, the coarse bank's fraction and the sampling, naming the wrong one.
+
+    Raises:
+        ValueError: If one is out of range.
+    """
+    if memory_bank_size < 1 or not 0 < coarse_fraction <= 1:
+        msg = f"memory_bank_size={memory_bank_size!r} must be >= 1 and coarse_fraction={coarse_fraction!r} in (0, 1]."
+        raise ValueError(msg)
+    if memory_bank_sampling not in set(BankSampling):
+        msg = f"memory_bank_sampling={memory_bank_sampling!r} must be one of {[str(m) for m in BankSampling]}."
+        raise ValueError(msg)
+
+
+def check_bank_options(
+    nearest_layers: Sequence[str | int] | None, nearest_normalize: bool | str, has_bank: bool
+) -> None:
     """Refuse options of the memory banks when no score component keeps a bank (they would do nothing).
 
     Raises:
         ValueError: Naming the options given and the weights that create a bank.
     """
     given = [f"nearest_layers={list(nearest_layers)}"] if nearest_layers is not None else []
-    given += ["nearest_normalize=True"] if nearest_normalize else []
+    given += [f"nearest_normalize={nearest_normalize!r}"] if nearest_normalize else []
     if given and not has_bank:
         msg = f"{' and '.join(given)} needs a memory bank: set knn_weight or coarse_weight."
         raise ValueError(msg)
+
+
+class BankPair(NamedTuple):
+    """The nearest-normal bank and (with ``coarse_weight``) the coarse bank built the same way."""
+
+    nearest: NearestPatchMap
+    coarse: NearestPatchMap | None
+
+
+def normalize_options(nearest_normalize: bool | str) -> tuple[bool, ...]:
+    """The ``normalize`` settings of the banks to build: one, or for ``"auto"`` raw then normalised.
+
+    Raises:
+        ValueError: If ``nearest_normalize`` is not a bool or ``"auto"``.
+    """
+    if nearest_normalize == "auto":
+        return (False, True)
+    if not isinstance(nearest_normalize, bool):
+        msg = f"nearest_normalize={nearest_normalize!r} must be true, false or 'auto'."
+        raise ValueError(msg)
+    return (nearest_normalize,)
+
+
+def bank_pair(
+    size: int, stages: list[int] | None, sampling: BankSampling | str, normalize: bool, coarse: bool
+) -> BankPair:
+    """A nearest-normal bank and, if ``coarse``, a coarse bank, both with the same embedding."""
+    options = {"stages": stages, "sampling": sampling, "normalize": normalize}
+    described = "the coarse anomalies of the training batches"
+    return BankPair(
+        NearestPatchMap(size, **options),  # type: ignore[arg-type]
+        NearestPatchMap(size, description=described, **options) if coarse else None,  # type: ignore[arg-type]
+    )
 
 
 # Ckaad's weight argument of each score component
@@ -170,6 +219,13 @@ def nearest_stages(layers: Sequence[str | int], nearest_layers: Sequence[str | i
     return sorted({names.index(str(layer)) for layer in nearest_layers})  # shallow first: the map's resolution
 
 
+def _chosen_banks_loaded(model: nn.Module, incompatible_keys: object) -> None:
+    """After loading filled banks (a trained model's, chosen already), there is nothing left to choose."""
+    del incompatible_keys
+    if isinstance(model, CkaadModel) and model.nearest is not None and not model.nearest.empty:
+        model.bank_candidates = []
+
+
 class CkaadModel(nn.Module):
     """CKAAD network.
 
@@ -204,7 +260,8 @@ class CkaadModel(nn.Module):
         nearest_layers: Stages of ``layers`` whose embedding the nearest-normal and coarse banks hold (``None``:
             the two deepest, PatchCore's). Finer stages localise better: see the model README's pixel-level section.
         nearest_normalize: The banks' embedding L2-normalises each stage's feature vectors first (directions, not
-            magnitudes, as STFPM compares them; :class:`NearestPatchMap`).
+            magnitudes, as STFPM compares them; :class:`NearestPatchMap`). ``"auto"``: both kinds of banks are
+            filled (:attr:`bank_candidates`) and the Lightning module keeps the one validation ranks first.
 
     ``energy_weight`` and ``coarse_weight`` also take ``"auto"``: chosen from :data:`AUTO_WEIGHTS` on labelled
     validation images. With any weight but the paper's set, the image score is ``Σ_c w_c · z_c``, each component
@@ -246,7 +303,7 @@ class CkaadModel(nn.Module):
         ae_blocks: int | None = None,
         fused_map: bool = False,
         nearest_layers: Sequence[str | int] | None = None,
-        nearest_normalize: bool = False,
+        nearest_normalize: bool | str = False,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -290,14 +347,6 @@ class CkaadModel(nn.Module):
                 "adv_weight > 0)."
             )
             raise ValueError(msg)
-        if memory_bank_size < 1 or not 0 < coarse_fraction <= 1:
-            msg = (
-                f"memory_bank_size={memory_bank_size!r} must be >= 1 and coarse_fraction={coarse_fraction!r} in (0, 1]."
-            )
-            raise ValueError(msg)
-        if memory_bank_sampling not in set(BankSampling):
-            msg = f"memory_bank_sampling={memory_bank_sampling!r} must be one of {[str(m) for m in BankSampling]}."
-            raise ValueError(msg)
         self.components = [c for c, w in weights.items() if w > 0]
         if not self.components:
             msg = "every score weight is 0: keep distance_weight > 0 or give another component a weight."
@@ -306,23 +355,15 @@ class CkaadModel(nn.Module):
         stages = nearest_stages(layers, nearest_layers)
         # the coarse bank is selected by distance to the normal bank, so it needs one
         has_bank = weights[ScoreComponent.NEAREST] > 0 or coarse
+        check_bank_sizes(memory_bank_size, coarse_fraction, memory_bank_sampling)
         check_bank_options(nearest_layers, nearest_normalize, has_bank)
-        self.nearest = (
-            NearestPatchMap(memory_bank_size, stages=stages, sampling=memory_bank_sampling, normalize=nearest_normalize)
-            if has_bank
-            else None
-        )
-        self.coarse = (
-            NearestPatchMap(
-                memory_bank_size,
-                description="the coarse anomalies of the training batches",
-                stages=stages,
-                sampling=memory_bank_sampling,
-                normalize=nearest_normalize,
-            )
-            if coarse
-            else None
-        )
+        options = normalize_options(nearest_normalize) if has_bank else ()
+        pairs = [bank_pair(memory_bank_size, stages, memory_bank_sampling, n, coarse) for n in options]
+        self.nearest: NearestPatchMap | None = pairs[0].nearest if pairs else None
+        self.coarse: NearestPatchMap | None = pairs[0].coarse if pairs else None
+        # banks the validation split still has to choose between (nearest_normalize="auto"); not saved: the choice is
+        self.bank_candidates: list[BankPair] = pairs if len(pairs) > 1 else []
+        self.register_load_state_dict_post_hook(_chosen_banks_loaded)
         self.coarse_fraction = coarse_fraction
         self.fused = self.components != [ScoreComponent.DISTANCE]  # anything but the paper's score
         if fused_map and not self.fused:
@@ -352,6 +393,16 @@ class CkaadModel(nn.Module):
         finally:
             self.patch_discriminator, self.image_discriminator = saved
 
+    def bank_pairs(self) -> list[BankPair]:
+        """The banks to fill in training: the candidates while there is a choice, else the model's (if any)."""
+        if self.bank_candidates:
+            return self.bank_candidates
+        return [BankPair(self.nearest, self.coarse)] if self.nearest is not None else []
+
+    def use_banks(self, pair: BankPair) -> None:
+        """Score with ``pair``'s banks."""
+        self.nearest, self.coarse = pair
+
     @property
     def discriminator_modules(self) -> list[nn.Module]:
         """The discriminators that exist (empty for the Recon ablation)."""
@@ -373,7 +424,7 @@ class CkaadModel(nn.Module):
     def component_maps(
         self,
         features: Sequence[torch.Tensor],
-        reconstructions: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor] | None,
         image_size: tuple[int, int] | torch.Size,
         components: Sequence[ScoreComponent | str] | None = None,
         distance: torch.Tensor | None = None,
@@ -381,18 +432,19 @@ class CkaadModel(nn.Module):
         """``(N, 1, H, W)`` maps of ``components`` (default: the score's); ``distance``: its map if computed."""
         maps = []
         for component in components or self.components:
-            if component == ScoreComponent.DISTANCE:
-                maps.append(
-                    distance
-                    if distance is not None
-                    else self.anomaly_map_generator(features, reconstructions, image_size)
-                )
+            if component == ScoreComponent.DISTANCE and distance is not None:
+                maps.append(distance)
+            elif component == ScoreComponent.DISTANCE and reconstructions is not None:
+                maps.append(self.anomaly_map_generator(features, reconstructions, image_size))
             elif component == ScoreComponent.ENERGY and self.patch_discriminator is not None:
                 maps.append(self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size))
             elif component == ScoreComponent.NEAREST and self.nearest is not None:
                 maps.append(self.anomaly_map_generator.combine([self.nearest(features)], image_size))
             elif component == ScoreComponent.COARSE and self.coarse is not None:
                 maps.append(self.anomaly_map_generator.combine([-self.coarse(features)], image_size))
+            elif component == ScoreComponent.DISTANCE:
+                msg = "The distance map needs the auto-encoder's reconstructions (got None)."
+                raise ValueError(msg)
             else:
                 msg = f"score component {component!r} is not available in this model (components: {self.components})."
                 raise ValueError(msg)
@@ -407,7 +459,9 @@ class CkaadModel(nn.Module):
             msg = "component_scores needs a fused score (a weight other than the paper's) or named components."
             raise ValueError(msg)
         features = self.extract(images)
-        maps = self.component_maps(features, self.autoencoder(features), images.shape[-2:], components)
+        needs_reconstructions = ScoreComponent.DISTANCE in (components or self.components)
+        reconstructions = self.autoencoder(features) if needs_reconstructions else None
+        maps = self.component_maps(features, reconstructions, images.shape[-2:], components)
         return torch.stack([image_score(m, self.score_mode, self.top_k) for m in maps], dim=1)
 
     def set_score_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -434,20 +488,43 @@ class CkaadModel(nn.Module):
     def score(
         self,
         features: Sequence[torch.Tensor],
-        reconstructions: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor] | None,
         image_size: tuple[int, int] | torch.Size,
     ) -> InferenceBatch:
-        """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score."""
-        anomaly_map = self.anomaly_map_generator(features, reconstructions, image_size)
+        """Anomaly map at ``image_size`` and image score; differentiable, so training can optimise the score.
+
+        ``reconstructions`` may be ``None`` where the output does not use them (:attr:`uses_reconstructions`).
+        """
+        if reconstructions is None and self.uses_reconstructions:
+            msg = "This Ckaad's output uses the auto-encoder (uses_reconstructions): pass its reconstructions."
+            raise ValueError(msg)
+        generator = self.anomaly_map_generator
+        distance = None if reconstructions is None else generator(features, reconstructions, image_size)
         if not self.fused:
-            return InferenceBatch(
-                pred_score=image_score(anomaly_map, self.score_mode, self.top_k), anomaly_map=anomaly_map
-            )
-        maps = self.component_maps(features, reconstructions, image_size, distance=anomaly_map)
+            assert distance is not None  # noqa: S101 - the paper's score uses reconstructions (checked above)
+            return InferenceBatch(pred_score=image_score(distance, self.score_mode, self.top_k), anomaly_map=distance)
+        maps = self.component_maps(features, reconstructions, image_size, distance=distance)
         pred_score = self.standardised_sum([image_score(m, self.score_mode, self.top_k) for m in maps])
-        if self.fused_map:
-            anomaly_map = self.standardised_sum(maps)
+        anomaly_map = self.standardised_sum(maps) if self.fused_map else distance
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+
+    @property
+    def uses_reconstructions(self) -> bool:
+        """Whether the output depends on the auto-encoder: its distance is scored, or it is the anomaly map.
+
+        Not so with ``distance_weight=0`` and ``fused_map``: then inference does not run it (nor does the export
+        hold it).
+        """
+        return ScoreComponent.DISTANCE in self.components or not self.fused_map
+
+    @property
+    def learns(self) -> bool:
+        """Whether training changes the output: the auto-encoder's output, or the patch discriminator's energy, is used.
+
+        If not, the output comes from the frozen features, the memory banks and the validation statistics alone,
+        and the Lightning module fills the banks in one epoch and trains nothing (as anomalib's PatchCore does).
+        """
+        return self.uses_reconstructions or ScoreComponent.ENERGY in self.components
 
     def forward(self, images: torch.Tensor) -> TrainOutput | InferenceBatch:
         """Training: features and reconstructions. Inference: anomaly map and image score.
@@ -459,7 +536,7 @@ class CkaadModel(nn.Module):
             :class:`TrainOutput` in train mode, ``InferenceBatch(pred_score, anomaly_map)`` in eval mode.
         """
         features = self.extract(images)
-        reconstructions = self.autoencoder(features)
         if self.training:
-            return TrainOutput(features, reconstructions)
+            return TrainOutput(features, self.autoencoder(features))
+        reconstructions = self.autoencoder(features) if self.uses_reconstructions else None
         return self.score(features, reconstructions, images.shape[-2:])
