@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -501,32 +501,39 @@ class Ckaad(AnomalibModule):
         )  # fmt: skip
         return best == len(candidates) - 1 or self._fit_score_statistics(loaders, choose)  # the chosen pair's fit
 
+    def _labelled_images(self, loaders: list[Any]) -> Iterator[tuple[torch.Tensor, Batch]]:
+        """Each labelled batch of ``loaders``, pre-processed, with the model in eval mode meanwhile."""
+        transform = getattr(self.pre_processor, "transform", None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for loader in loaders:
+                for batch in loader:
+                    if batch.gt_label is None or batch.image is None:
+                        continue
+                    images = batch.image.to(self.device)
+                    yield (transform(images) if transform else images), batch
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def _validation_quality(self, loaders: list[Any]) -> tuple[float, float]:
         """Pixel AUROC of the anomaly maps (0 without masks) and image AUROC (0 without both classes).
 
         Masks are resized to the map's size (nearest), as the pre-processor resizes them for the metrics.
         """
-        transform = getattr(self.pre_processor, "transform", None)
         scores, labels, maps, masks = [], [], [], []
-        was_training = self.model.training
-        self.model.eval()
-        for loader in loaders:
-            for batch in loader:
-                if batch.gt_label is None or batch.image is None:
-                    continue
-                images = batch.image.to(self.device)
-                out = self.model(transform(images) if transform else images)
-                assert isinstance(out, InferenceBatch)  # noqa: S101 - eval mode contract
-                # CkaadModel.score fills both
-                score, anomaly_map = cast("torch.Tensor", out.pred_score), cast("torch.Tensor", out.anomaly_map)
-                scores.append(score)
-                labels.append(batch.gt_label.to(self.device).int())
-                if batch.gt_mask is not None:
-                    mask = batch.gt_mask.to(self.device).reshape(len(images), 1, *batch.gt_mask.shape[-2:]).float()
-                    masks.append(F.interpolate(mask, size=anomaly_map.shape[-2:], mode="nearest").int().flatten())
-                    maps.append(anomaly_map.flatten())
-        self.model.train(was_training)
+        for images, batch in self._labelled_images(loaders):
+            out = self.model(images)
+            assert isinstance(out, InferenceBatch)  # noqa: S101 - eval mode contract
+            # CkaadModel.score fills both
+            score, anomaly_map = cast("torch.Tensor", out.pred_score), cast("torch.Tensor", out.anomaly_map)
+            scores.append(score)
+            labels.append(cast("torch.Tensor", batch.gt_label).to(self.device).int())
+            if batch.gt_mask is not None:
+                mask = batch.gt_mask.to(self.device).reshape(len(images), 1, *batch.gt_mask.shape[-2:]).float()
+                masks.append(F.interpolate(mask, size=anomaly_map.shape[-2:], mode="nearest").int().flatten())
+                maps.append(anomaly_map.flatten())
 
         def auroc(values: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
             target = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int)
@@ -545,18 +552,10 @@ class Ckaad(AnomalibModule):
         Returns:
             Whether there were at least two normal images (otherwise nothing is changed).
         """
-        transform = getattr(self.pre_processor, "transform", None)
         scores, labels = [], []
-        was_training = self.model.training
-        self.model.eval()
-        for loader in loaders:
-            for batch in loader:
-                if batch.gt_label is None or batch.image is None:
-                    continue
-                images = batch.image.to(self.device)
-                scores.append(self.model.component_scores(transform(images) if transform else images).double())
-                labels.append(batch.gt_label.to(self.device).bool())
-        self.model.train(was_training)
+        for images, batch in self._labelled_images(loaders):
+            scores.append(self.model.component_scores(images).double())
+            labels.append(cast("torch.Tensor", batch.gt_label).to(self.device).bool())
         n_components = len(self.model.components)
         all_scores = torch.cat(scores) if scores else torch.zeros(0, n_components, device=self.device).double()
         anomalous = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.bool, device=self.device)
