@@ -400,8 +400,10 @@ class CkaadModel(nn.Module):
         return [BankPair(self.nearest, self.coarse)] if self.nearest is not None else []
 
     def use_banks(self, pair: BankPair) -> None:
-        """Score with ``pair``'s banks."""
-        self.nearest, self.coarse = pair
+        """Score with ``pair``'s banks (moved to the model's device: a candidate is not a submodule until then)."""
+        device = self.score_mean.device
+        self.nearest = pair.nearest.to(device)
+        self.coarse = pair.coarse.to(device) if pair.coarse is not None else None
 
     @property
     def discriminator_modules(self) -> list[nn.Module]:
