@@ -142,6 +142,12 @@ def build_ckaad(backbone: str, size: int, **kwargs: Any) -> Ckaad:  # noqa: ANN4
     return model.eval()
 
 
+def slim_options(spec: str) -> dict[str, Any]:
+    """``ae_width`` / ``ae_blocks`` of a ``WIDTH[:BLOCKS]`` spec (``--slim``)."""
+    width, _, blocks = spec.partition(":")
+    return {"ae_width": float(width), "ae_blocks": int(blocks) if blocks else None}
+
+
 def from_config(path: Path, backbone: str, size: int) -> Ckaad | None:
     """Ckaad with the ``model.init_args`` of an anomalib config at ``size``², banks filled, in eval mode.
 
@@ -345,7 +351,7 @@ def main() -> None:
             graphs |= {name: Pipeline(peer).eval() for name, peer in peers(backbone, args.size).items()}
         for spec in args.slim:
             width, _, blocks = spec.partition(":")
-            slim = build_ckaad(backbone, args.size, ae_width=float(width), ae_blocks=int(blocks) if blocks else None)
+            slim = build_ckaad(backbone, args.size, **slim_options(spec))
             graphs[f"ckaad_w{width}_b{blocks or 'paper'}"] = Pipeline(slim).eval()
         for config in args.configs:
             configured = from_config(config, backbone, args.size)

@@ -28,7 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from inference_speed import BACKBONES, SIZE, Backbone, Pipeline, build_ckaad, measure_interleaved, openvino_runner
+from inference_speed import (
+    BACKBONES,
+    SIZE,
+    Backbone,
+    Pipeline,
+    build_ckaad,
+    measure_interleaved,
+    openvino_runner,
+    slim_options,
+)
 from torch import nn
 
 from ckaad_anomalib import Ckaad, install_lite0_weights
@@ -87,10 +96,7 @@ def main() -> None:
     install_lite0_weights()
     workdir = Path(tempfile.mkdtemp(prefix="ckaad_profile_"))
     batch = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
-    options = {}
-    if args.slim:
-        width, _, blocks = args.slim.partition(":")
-        options = {"ae_width": float(width), "ae_blocks": int(blocks) if blocks else None}
+    options = slim_options(args.slim) if args.slim else {}
     for backbone in args.backbones:
         model = build_ckaad(backbone, args.size, **options)
         with model.model.inference_only(), torch.no_grad():

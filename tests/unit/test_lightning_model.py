@@ -15,6 +15,11 @@ from ckaad_anomalib import Ckaad
 from tests.conftest import LITE0, small_ckaad
 
 
+def _resnet(**kwargs: object) -> Ckaad:
+    """A small Ckaad on random ResNet-18 features (stages 2 and 3)."""
+    return small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, **kwargs)
+
+
 def _batch(labels: list[int]) -> ImageBatch:
     return ImageBatch(image=torch.randn(len(labels), 3, 64, 64), gt_label=torch.tensor(labels))
 
@@ -40,7 +45,7 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
 
 @pytest.fixture
 def model(seeded: None) -> Ckaad:
-    return _attached(small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False))
+    return _attached(_resnet())
 
 
 def test_batch_with_anomalies_steps_discriminator_then_autoencoder(model: Ckaad) -> None:
@@ -83,10 +88,10 @@ def test_adversarial_gradient_reaches_autoencoder_not_extractor(model: Ckaad) ->
 
 
 def test_recon_twin_has_no_discriminator_and_one_optimizer() -> None:
-    recon = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, adv_weight=0.0)
+    recon = _resnet(adv_weight=0.0)
     assert recon.model.discriminator_modules == []
     assert len(recon.configure_optimizers()) == 1
-    both = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, discriminator="both")
+    both = _resnet(discriminator="both")
     optimizers = both.configure_optimizers()
     assert len(optimizers) == 2
     assert optimizers[1].defaults["lr"] == 1e-4
@@ -94,25 +99,22 @@ def test_recon_twin_has_no_discriminator_and_one_optimizer() -> None:
 
 
 def test_paper_defaults_and_no_silent_trainer_overrides() -> None:
-    model = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False)
+    model = _resnet()
     hp = model.hparams
     assert (hp.d_lr, hp.adv_weight, hp.gamma, hp.margin, hp.top_k, hp.d_grad_clip) == (1e-4, 0.02, 0.5, 5.0, 100, 1.0)
     assert hp.discriminator == "patch"
     assert model.learning_type == LearningType.ONE_CLASS
     assert model.trainer_arguments == {}
     assert not model.automatic_optimization
-    capped = small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, max_epochs=3)
+    capped = _resnet(max_epochs=3)
     assert capped.trainer_arguments == {"max_epochs": 3}
     with pytest.raises(ValueError, match="max_epochs"):
-        small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, max_epochs=0)
+        _resnet(max_epochs=0)
 
 
 def test_a_setting_without_trained_output_fills_its_banks_in_one_epoch_and_trains_nothing(seeded: None) -> None:
     model = _attached(
-        small_ckaad(
-            backbone="resnet18",
-            layers=("layer2", "layer3"),
-            pre_trained=False,
+        _resnet(
             distance_weight=0,
             knn_weight=1,
             coarse_weight=1,
@@ -156,17 +158,14 @@ def test_pre_processor_uses_backbone_normalisation() -> None:
 def test_every_argument_is_checked_at_construction_by_name(kwargs: dict[str, Any], match: str) -> None:
     """Before: lr=-1 failed at fit start (torch's "Invalid learning rate"), sigma<0 at the sanity check."""
     with pytest.raises(ValueError, match=match):
-        small_ckaad(backbone="resnet18", layers=("layer2", "layer3"), pre_trained=False, **kwargs)
+        _resnet(**kwargs)
 
 
 def test_push_term_trains_the_autoencoder_on_coarse_anomalies(seeded: None) -> None:
     def step(push_weight: float) -> tuple[float, list[torch.Tensor]]:
         torch.manual_seed(0)
         model = _attached(
-            small_ckaad(
-                backbone="resnet18",
-                layers=("layer2", "layer3"),
-                pre_trained=False,
+            _resnet(
                 adv_weight=0,
                 push_weight=push_weight,
             )

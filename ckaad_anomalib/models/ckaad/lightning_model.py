@@ -337,10 +337,10 @@ class Ckaad(AnomalibModule):
             features, recons = out
         else:
             features, recons = self.model.extract(images), None
-        normal_features = [f[normal] for f in features]
         self._collect_bank_parts(features, normal)
         if recons is None:  # no trained part reaches the output (CkaadModel.learns): the banks are all there is
             return None
+        normal_features = [f[normal] for f in features]
         rec_loss = reconstruction_loss(normal_features, [r[normal] for r in recons])
 
         optimizers = self.optimizers()

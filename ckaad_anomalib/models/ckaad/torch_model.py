@@ -165,11 +165,13 @@ def bank_pair(
     size: int, stages: list[int] | None, sampling: BankSampling | str, normalize: bool, coarse: bool
 ) -> BankPair:
     """A nearest-normal bank and, if ``coarse``, a coarse bank, both with the same embedding."""
-    options = {"stages": stages, "sampling": sampling, "normalize": normalize}
-    described = "the coarse anomalies of the training batches"
+
+    def bank(description: str) -> NearestPatchMap:
+        return NearestPatchMap(size, description=description, stages=stages, sampling=sampling, normalize=normalize)
+
     return BankPair(
-        NearestPatchMap(size, **options),  # type: ignore[arg-type]
-        NearestPatchMap(size, description=described, **options) if coarse else None,  # type: ignore[arg-type]
+        bank("the normal training images"),
+        bank("the coarse anomalies of the training batches") if coarse else None,
     )
 
 
@@ -434,19 +436,21 @@ class CkaadModel(nn.Module):
         """``(N, 1, H, W)`` maps of ``components`` (default: the score's); ``distance``: its map if computed."""
         maps = []
         for component in components or self.components:
-            if component == ScoreComponent.DISTANCE and distance is not None:
-                maps.append(distance)
-            elif component == ScoreComponent.DISTANCE and reconstructions is not None:
-                maps.append(self.anomaly_map_generator(features, reconstructions, image_size))
+            if component == ScoreComponent.DISTANCE:
+                if distance is None and reconstructions is None:
+                    msg = "The distance map needs the auto-encoder's reconstructions (got None)."
+                    raise ValueError(msg)
+                maps.append(
+                    distance
+                    if distance is not None
+                    else self.anomaly_map_generator(features, reconstructions, image_size)
+                )
             elif component == ScoreComponent.ENERGY and self.patch_discriminator is not None:
                 maps.append(self.anomaly_map_generator.combine(self.patch_discriminator(features), image_size))
             elif component == ScoreComponent.NEAREST and self.nearest is not None:
                 maps.append(self.anomaly_map_generator.combine([self.nearest(features)], image_size))
             elif component == ScoreComponent.COARSE and self.coarse is not None:
                 maps.append(self.anomaly_map_generator.combine([-self.coarse(features)], image_size))
-            elif component == ScoreComponent.DISTANCE:
-                msg = "The distance map needs the auto-encoder's reconstructions (got None)."
-                raise ValueError(msg)
             else:
                 msg = f"score component {component!r} is not available in this model (components: {self.components})."
                 raise ValueError(msg)
